@@ -1,0 +1,73 @@
+"""Builds sparsemia and its extension sparsemia._C.
+
+The CPU sources are always compiled. CUDA sources are added only when the
+installed torch was built with CUDA and nvcc is found, so a CPU-only machine
+always gets a working build. ISA-specific CPU kernels use per-function target
+attributes and are chosen at run time; nothing is compiled for the build
+machine's own CPU (no -march=native).
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _extensions():
+    import torch
+    from torch.utils import cpp_extension
+
+    cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/**/*.cpp", recursive=True))
+    cu_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True))
+    cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=fast", "-fopenmp-simd", "-Wall", "-Wno-unknown-pragmas"]
+    define_macros: list[tuple[str, str | None]] = []
+    with_cuda = (
+        os.environ.get("SPARSEMIA_NO_CUDA", "0") != "1"
+        and torch.version.cuda is not None
+        and cpp_extension.CUDA_HOME is not None
+        and bool(cu_sources)
+    )
+    include_dirs = [os.path.join(ROOT, "csrc")]
+    if with_cuda:
+        archs = os.environ.get("SPARSEMIA_CUDA_ARCHS", "80;90").split(";")
+        nvcc_flags = ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        for arch in archs:
+            nvcc_flags += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        return [
+            cpp_extension.CUDAExtension(
+                "sparsemia._C",
+                cpp_sources + cu_sources,
+                include_dirs=include_dirs,
+                define_macros=define_macros + [("SPARSEMIA_WITH_CUDA", "1")],
+                extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            )
+        ]
+    return [
+        cpp_extension.CppExtension(
+            "sparsemia._C",
+            cpp_sources,
+            include_dirs=include_dirs,
+            define_macros=define_macros,
+            extra_compile_args={"cxx": cxx_flags},
+        )
+    ]
+
+
+def _cmdclass():
+    from torch.utils import cpp_extension
+
+    return {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
+
+
+packages = find_packages("src") + ["sparsemia.kernels"]
+package_dir = {"": "src", "sparsemia.kernels": "kernels"}
+
+setup(
+    packages=packages,
+    package_dir=package_dir,
+    ext_modules=_extensions(),
+    cmdclass=_cmdclass(),
+    zip_safe=False,
+)
