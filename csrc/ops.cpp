@@ -1,0 +1,22 @@
+// Every sparsemia operator schema, in one place. Each device registers its
+// implementations beside its kernels (cpu/, cuda/); Python adds fake kernels
+// and autograd (src/sparsemia/ops.py).
+//
+// Conventions: CSR weights are (crow [M+1], col [nnz], values [nnz]); BSR
+// weights are (crow [M/R+1], col [nblocks] block-columns, values [nblocks, R, C]).
+// Index tensors are int32 or int64 (both of one dtype). "linear" ops take
+// x [B, K] and return x @ W^T [B, M]; "spmm" ops take x [K, N] and return W @ x.
+#include <torch/library.h>
+
+TORCH_LIBRARY(sparsemia, m) {
+  m.def("csr_spmm(Tensor crow, Tensor col, Tensor values, Tensor x) -> Tensor");
+  m.def("csr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
+  m.def("csr_sddmm(Tensor crow, Tensor col, Tensor a, Tensor b) -> Tensor");
+  m.def("csr_transpose(Tensor crow, Tensor col, int ncols) -> (Tensor, Tensor, Tensor)");
+  m.def("bsr_spmm(Tensor crow, Tensor col, Tensor values, Tensor x) -> Tensor");
+  m.def("bsr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
+  m.def("bsr_sddmm(Tensor crow, Tensor col, Tensor a, Tensor b, int R, int C) -> Tensor");
+  // Stacked models: x [G, B, K]; crow [G, M+1] holds offsets into the shared
+  // col/values of all G models; bias [G, M]. Returns [G, B, M].
+  m.def("stacked_csr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
+}
