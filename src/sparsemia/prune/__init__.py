@@ -18,7 +18,15 @@ from sparsemia.prune.admm import AdmmResult, AdmmRound, admm
 from sparsemia.prune.filter import ChannelGroup, channel_groups, shrink
 from sparsemia.prune.finetune import train_epochs
 from sparsemia.prune.magnitude import magnitude
-from sparsemia.prune.masks import adopt_torch_prune, apply_mask, get_mask, is_masked, mask_zeros, masks, remove
+from sparsemia.prune.masks import (
+    adopt_torch_prune,
+    apply_mask,
+    get_mask,
+    is_masked,
+    mask_zeros,
+    masks,
+    remove,
+)
 from sparsemia.prune.report import LayerSparsity, SparsityReport, sparsity_report
 from sparsemia.prune.schedule import GradualPruner, cubic_sparsity, scheduled, sparsity_schedule
 from sparsemia.prune.targets import first_and_last, prunable_layers

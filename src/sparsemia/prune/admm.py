@@ -21,6 +21,7 @@ be minimised jointly with pruning (pruning + Min-Max).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,7 +31,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsemia.prune.finetune import ExtraLoss, LossFn, OptimizerFactory, make_optimizer, train_epochs
+from sparsemia.prune.finetune import (
+    ExtraLoss,
+    LossFn,
+    OptimizerFactory,
+    make_optimizer,
+    train_epochs,
+)
 from sparsemia.prune.magnitude import magnitude, plan_masks
 from sparsemia.prune.masks import adopt_torch_prune
 from sparsemia.prune.targets import Exclude
@@ -79,6 +86,13 @@ def rho_schedule(rho: float | Sequence[float], rounds: int, growth: float) -> li
     if not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError(f"rho: expected positive finite values, got {values}")
     return values
+
+
+def _penalty(
+    layers: Mapping[str, nn.Module], Z: Mapping[str, torch.Tensor], U: Mapping[str, torch.Tensor], rho: float
+) -> torch.Tensor:
+    """The augmented-Lagrangian term ``Σ_i ρ/2 ‖W_i − Z_i + U_i‖²``."""
+    return sum((layer.weight - Z[name] + U[name]).pow(2).sum() for name, layer in layers.items()) * (rho / 2)
 
 
 def _check_count(value: object, argument: str, minimum: int) -> int:
@@ -155,12 +169,7 @@ def admm(
     result = AdmmResult(model=model)
     admm_optimizer = make_optimizer(model, optimizer, lr)
     for index, rho_now in enumerate(rhos):
-
-        def penalty(rho_now: float = rho_now) -> torch.Tensor:
-            return sum(
-                (layer.weight - Z[name] + U[name]).pow(2).sum() for name, layer in layers.items()
-            ) * (rho_now / 2)
-
+        penalty = functools.partial(_penalty, layers, Z, U, rho_now)
         losses = train_epochs(
             model, train_loader, admm_optimizer, epochs_per_round,
             loss_fn=loss_fn, extra_loss=extra_loss, penalty=penalty,
