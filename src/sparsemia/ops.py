@@ -139,10 +139,16 @@ def select_backend(op: str, *args, backend: str | None = None) -> Impl:
         if reason is not None:
             raise BackendUnavailableError(f"backend {name!r} cannot run {op} here: {reason}")
         return impl
-    usable = [impl for impl in impls.values() if impl.supports(*args) is None]
-    if not usable:
+    best: Impl | None = None
+    best_priority = 0.0
+    for impl in impls.values():
+        if impl.supports(*args) is None:
+            priority = impl.priority(*args)
+            if best is None or priority > best_priority:
+                best, best_priority = impl, priority
+    if best is None:
         raise BackendUnavailableError(f"no backend can run {op} for these arguments")
-    return max(usable, key=lambda impl: impl.priority(*args))
+    return best
 
 
 def available_backends() -> dict[str, str | None]:
