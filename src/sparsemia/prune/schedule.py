@@ -55,15 +55,17 @@ def sparsity_schedule(schedule: str, final: float, steps: int = 1, initial: floa
     return [cubic_sparsity(k, final, 0, steps, initial) for k in range(1, steps + 1)]
 
 
-def _at_step(sparsity: Sparsity, schedule: str, steps: int, k: int) -> Sparsity:
-    if isinstance(sparsity, Mapping):
-        return {name: sparsity_schedule(schedule, value, steps)[k] for name, value in sparsity.items()}
-    return sparsity_schedule(schedule, sparsity, steps)[k]
+def _targets(sparsity: Sparsity, schedule: str, steps: int) -> list[Sparsity]:
+    """The target of every step, per layer when ``sparsity`` is a dict."""
+    if not isinstance(sparsity, Mapping):
+        return list(sparsity_schedule(schedule, sparsity, steps))
+    per_layer = {name: sparsity_schedule(schedule, value, steps) for name, value in sparsity.items()}
+    return [{name: values[k] for name, values in per_layer.items()} for k in range(steps)]
 
 
 def scheduled(
     model: nn.Module,
-    sparsity: Sparsity,
+    sparsity: Sparsity | None,
     *,
     schedule: str = "one_shot",
     steps: int = 1,
@@ -84,14 +86,21 @@ def scheduled(
             :func:`sparsemia.prune.magnitude`.
     """
     check_choice(schedule, SCHEDULES, "schedule")
-    if magnitude_kwargs.get("structure") == "nm" and schedule != "one_shot":
-        raise ValueError("schedule: N:M sparsity has one fixed level (1 - n/m), so only 'one_shot' applies")
     if finetune is not None and not callable(finetune):
         raise ValueError(f"finetune: expected a callable(model, step) or None, got {finetune!r}")
-    for k in range(steps if schedule != "one_shot" else 1):
-        target = _at_step(sparsity, schedule, steps, k)
+    if magnitude_kwargs.get("structure") == "nm" and schedule != "one_shot":
+        raise ValueError("schedule: N:M sparsity has one fixed level (1 - n/m), so only 'one_shot' applies")
+    if schedule == "one_shot":
+        if steps != 1:
+            raise ValueError(f"steps: a one-shot schedule has exactly 1 step, got {steps!r}")
+        targets: list[Sparsity | None] = [sparsity]  # magnitude validates it (None is fine for N:M)
+    elif sparsity is None:
+        raise ValueError(f"sparsity: required for schedule={schedule!r}, expected a number in [0, 1) or a dict by layer")
+    else:
+        targets = _targets(sparsity, schedule, steps)
+    for k, target in enumerate(targets):
         magnitude(model, target, **magnitude_kwargs)
-        logger.info("%s pruning step %d/%d: target %s", schedule, k + 1, steps, target)
+        logger.info("%s pruning step %d/%d: target %s", schedule, k + 1, len(targets), target)
         if finetune is not None:
             finetune(model, k)
     return model
