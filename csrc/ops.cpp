@@ -17,6 +17,7 @@ TORCH_LIBRARY(sparsemia, m) {
   m.def("bsr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
   m.def("bsr_sddmm(Tensor crow, Tensor col, Tensor a, Tensor b, int R, int C) -> Tensor");
   // Stacked models: x [G, B, K]; crow [G, M+1] holds offsets into the shared
-  // col/values of all G models; bias [G, M]. Returns [G, B, M].
+  // col/values, the G models' entries stored one model after another
+  // (crow[g][M] == crow[g+1][0], crow[0][0] == 0); bias [G, M]. Returns [G, B, M].
   m.def("stacked_csr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
 }

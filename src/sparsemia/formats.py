@@ -118,10 +118,9 @@ class SparseWeight:
         dense = dense.detach()
         keep = _as_mask(mask, dense)
         shape = tuple(dense.shape)
-        rows = shape[0]
-        matrix = dense.reshape(rows, -1)
-        keep = keep.reshape(rows, -1)
-        cols = matrix.shape[1]
+        rows, cols = shape[0], math.prod(shape[1:])
+        matrix = dense.reshape(rows, cols)
+        keep = keep.reshape(rows, cols)
         if format == "csr":
             counts = keep.sum(1)
             nnz = int(counts.sum())

@@ -504,19 +504,26 @@ def _register_operator_meta() -> None:
     torch.library.register_autograd(lib + "bsr_spmm", _bsr_spmm_backward, setup_context=_save_spmm)
 
     def _stacked_backward(ctx, grad):
+        # The G models form one block-diagonal CSR matrix [G*M, G*K] (their
+        # entries are stored model after model), so both gradients are single
+        # sparse products over all models at once.
         x, crow, col, values = ctx.saved_tensors
-        grad_x = torch.empty_like(x) if ctx.needs_input_grad[0] else None
-        grad_values = torch.zeros_like(values) if ctx.needs_input_grad[3] else None
-        for g in range(x.shape[0]):
-            start, end = int(crow[g, 0]), int(crow[g, -1])
-            crow_g = crow[g] - crow[g, 0]
-            col_g, values_g = col[start:end], values[start:end]
-            if grad_x is not None:
-                crow_t, col_t, values_t = _csr_transposed(crow_g, col_g, values_g, x.shape[2])
-                grad_x[g] = ops.csr_linear(grad[g], crow_t, col_t, values_t, None)
-            if grad_values is not None:
-                grad_values[start:end] = ops.csr_sddmm(crow_g, col_g, grad[g].t(), x[g].t())
-        grad_bias = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[4] else None
+        G, B, K = x.shape
+        M = crow.shape[1] - 1
+        crow_bd = torch.cat([crow[:, :-1].reshape(-1), crow[-1, -1:]])
+        model_of_entry = torch.repeat_interleave(
+            torch.arange(G, device=col.device), (crow[:, -1] - crow[:, 0]).long(), output_size=col.shape[0]
+        )
+        col_bd = (col.long() + model_of_entry * K).to(col.dtype)
+        grad_t = grad.transpose(1, 2).reshape(G * M, B)
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            crow_t, col_t, values_t = _csr_transposed(crow_bd, col_bd, values, G * K)
+            grad_x = ops.csr_spmm(crow_t, col_t, values_t, grad_t).reshape(G, K, B).transpose(1, 2)
+        if ctx.needs_input_grad[3]:
+            grad_values = ops.csr_sddmm(crow_bd, col_bd, grad_t, x.transpose(1, 2).reshape(G * K, B))
+        if ctx.has_bias and ctx.needs_input_grad[4]:
+            grad_bias = grad.sum(1)
         return grad_x, None, None, grad_values, grad_bias
 
     torch.library.register_autograd(lib + "stacked_csr_linear", _stacked_backward, setup_context=_save_linear)
