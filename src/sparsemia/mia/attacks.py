@@ -1,0 +1,402 @@
+"""Membership inference attacks on model outputs.
+
+Attacks see only logits and labels (they know nothing of how a model is
+computed). Conventions:
+
+* target outputs: ``target_logits`` ``[N, C]`` on the N candidate examples, ``labels`` ``[N]``;
+* shadow / reference outputs on the same candidates: ``shadow_logits`` ``[M, N, C]``
+  (optionally ``[M, N, Q, C]`` and ``[N, Q, C]`` for Q augmented queries), with
+  ``shadow_in`` ``[M, N]`` true where shadow model m trained on candidate n;
+* shadow outputs on the shadows' own data (for learned thresholds and attack
+  models): a :class:`ShadowRecords` of ``(logits, labels, is_member)``.
+
+Every attack returns an :class:`AttackResult` whose ``scores`` are higher for
+likely members (for ROC curves) and, where the attack defines one, boolean
+``predictions`` from a threshold or classifier fitted on shadow models.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats
+
+from sparsemia.mia import signals
+
+__all__ = [
+    "AttackResult",
+    "ShadowRecords",
+    "metric_attack",
+    "learn_thresholds",
+    "shadow_model_attack",
+    "lira",
+    "rmia",
+    "METRIC_ATTACKS",
+]
+
+logger = logging.getLogger(__name__)
+
+METRIC_ATTACKS = tuple(signals.SIGNALS)
+
+
+@dataclass
+class AttackResult:
+    """Per-candidate membership ``scores`` (higher = member) and optional boolean ``predictions``."""
+
+    name: str
+    scores: np.ndarray
+    predictions: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class ShadowRecords:
+    """Shadow-model outputs with known membership: ``logits`` ``[R, C]``, ``labels`` ``[R]``, ``is_member`` ``[R]``."""
+
+    logits: np.ndarray
+    labels: np.ndarray
+    is_member: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.logits = np.asarray(self.logits, dtype=np.float64)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        self.is_member = np.asarray(self.is_member).astype(bool).reshape(-1)
+        if not (self.logits.shape[0] == self.labels.size == self.is_member.size):
+            raise ValueError("shadow records: logits, labels and is_member must have the same length")
+        if self.is_member.all() or not self.is_member.any():
+            raise ValueError("shadow records: need both shadow members and shadow non-members")
+
+    @classmethod
+    def from_models(cls, logits, labels, inclusion, evaluated=None) -> ShadowRecords:
+        """Flatten ``[M, K, C]`` shadow logits over K examples with ``inclusion`` ``[M, K]``
+        (and optionally ``evaluated`` ``[M, K]``: which (model, example) pairs to keep)."""
+        logits = np.asarray(logits)
+        inclusion = np.asarray(inclusion).astype(bool)
+        if logits.shape[:2] != inclusion.shape:
+            raise ValueError(f"inclusion: shape {inclusion.shape} does not match logits {logits.shape[:2]}")
+        keep = np.ones_like(inclusion) if evaluated is None else np.asarray(evaluated).astype(bool)
+        lab = np.broadcast_to(np.asarray(labels).reshape(1, -1), inclusion.shape)
+        return cls(logits[keep], lab[keep], inclusion[keep])
+
+
+def _check_target(target_logits, labels) -> tuple[np.ndarray, np.ndarray]:
+    z = np.asarray(target_logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if z.ndim not in (2, 3) or z.shape[0] != y.size:
+        raise ValueError(f"target_logits: expected [N={y.size}, C] (or [N, Q, C]), got {z.shape}")
+    return z, y
+
+
+def _check_classes(z: np.ndarray, num_classes: int | None) -> None:
+    if num_classes is not None and z.shape[-1] != num_classes:
+        raise ValueError(f"target_logits: the model outputs {z.shape[-1]} classes but the data has {num_classes}")
+
+
+# ---------------------------------------------------------------------------- metric attacks
+
+
+def _best_threshold(member_values: np.ndarray, non_member_values: np.ndarray) -> float:
+    """Threshold t maximising the balanced accuracy of "member iff value ≥ t" (Song & Mittal's rule)."""
+    values = np.concatenate([member_values, non_member_values])
+    cand = np.unique(values)
+    mv = np.sort(member_values)
+    nv = np.sort(non_member_values)
+    tpr = 1.0 - np.searchsorted(mv, cand, side="left") / max(mv.size, 1)
+    tnr = np.searchsorted(nv, cand, side="left") / max(nv.size, 1)
+    acc = 0.5 * (tpr + tnr)
+    return float(cand[int(np.argmax(acc))])
+
+
+def learn_thresholds(records: ShadowRecords, metric: str, per_class: bool = True) -> tuple[float, dict[int, float]]:
+    """Thresholds on the oriented ``metric`` learned on shadow records: a global one and one per class."""
+    fn, sign = signals.SIGNALS[metric]
+    values = sign * fn(records.logits, records.labels)
+    m = records.is_member
+    global_t = _best_threshold(values[m], values[~m])
+    per: dict[int, float] = {}
+    if per_class:
+        for c in np.unique(records.labels):
+            sel = records.labels == c
+            if m[sel].any() and (~m[sel]).any():
+                per[int(c)] = _best_threshold(values[sel & m], values[sel & ~m])
+    return global_t, per
+
+
+def metric_attack(
+    metric: str,
+    target_logits,
+    labels,
+    shadow: ShadowRecords | None = None,
+    *,
+    threshold: str = "class",
+    num_classes: int | None = None,
+) -> AttackResult:
+    """Metric-based attack (Song & Mittal 2021; loss: Yeom et al. 2018).
+
+    ``metric`` is one of ``correctness``, ``confidence``, ``entropy``,
+    ``modified_entropy``, ``loss``. Scores are the oriented metric itself (for
+    ROC curves). With ``shadow`` records, decisions use thresholds learned on
+    them: per class (``threshold="class"``, falling back to the global one for
+    classes absent from the shadows) or one global threshold (``"global"``).
+    Correctness needs no threshold: a correct prediction means "member".
+    """
+    if metric not in signals.SIGNALS:
+        raise ValueError(f"metric: expected one of {METRIC_ATTACKS}, got {metric!r}")
+    if threshold not in ("class", "global"):
+        raise ValueError(f"threshold: expected 'class' or 'global', got {threshold!r}")
+    z, y = _check_target(target_logits, labels)
+    _check_classes(z, num_classes)
+    fn, sign = signals.SIGNALS[metric]
+    scores = sign * fn(z, y)
+    predictions = None
+    info: dict = {}
+    if metric == "correctness":
+        predictions = scores > 0.5
+    elif shadow is not None:
+        global_t, per = learn_thresholds(shadow, metric, per_class=threshold == "class")
+        t = np.array([per.get(int(c), global_t) for c in y]) if threshold == "class" else np.full(y.size, global_t)
+        predictions = scores >= t
+        info = {"global_threshold": global_t, "class_thresholds": per}
+    return AttackResult(f"{metric}", scores, predictions, info)
+
+
+# ---------------------------------------------------------------------------- Shokri et al.
+
+
+def _attack_features(logits: np.ndarray, labels: np.ndarray, num_classes: int, with_label: bool) -> np.ndarray:
+    probs = np.sort(signals.probabilities(logits), axis=-1)[:, ::-1]
+    if not with_label:
+        return probs
+    return np.concatenate([probs, np.eye(num_classes)[labels]], axis=1)
+
+
+def shadow_model_attack(
+    target_logits,
+    labels,
+    shadow: ShadowRecords,
+    *,
+    per_class: bool = False,
+    hidden: tuple[int, ...] = (64,),
+    max_iter: int = 300,
+    seed: int = 0,
+) -> AttackResult:
+    """Shokri et al. (2017)'s shadow-model attack.
+
+    Attack models learn "member vs non-member" from shadow models' outputs on
+    their own training data and held-out data. Features: the probability vector
+    sorted in descending order, plus the one-hot label for the global model
+    (``per_class=False``); with ``per_class=True`` one attack model per class, as
+    in the paper, on the sorted vector. Attack models are small MLPs
+    (scikit-learn's ``MLPClassifier``); scores are their member probabilities.
+    """
+    from sklearn.neural_network import MLPClassifier
+
+    z, y = _check_target(target_logits, labels)
+    if z.ndim != 2:
+        raise ValueError("target_logits: the shadow-model attack takes one query per example ([N, C])")
+    num_classes = z.shape[-1]
+    if shadow.logits.shape[-1] != num_classes:
+        raise ValueError(
+            f"shadow: shadow models output {shadow.logits.shape[-1]} classes, the target {num_classes}"
+        )
+
+    def make() -> MLPClassifier:
+        return MLPClassifier(hidden_layer_sizes=hidden, max_iter=max_iter, random_state=seed)
+
+    # balance members and non-members so that the attack's prior is 1/2, as in the paper's setup
+    rng = np.random.default_rng(seed)
+    members = np.flatnonzero(shadow.is_member)
+    non_members = np.flatnonzero(~shadow.is_member)
+    n = min(members.size, non_members.size)
+    keep = np.concatenate([rng.choice(members, n, replace=False), rng.choice(non_members, n, replace=False)])
+    sx, sy, sm = shadow.logits[keep], shadow.labels[keep], shadow.is_member[keep]
+
+    scores = np.zeros(y.size)
+    if not per_class:
+        clf = make().fit(_attack_features(sx, sy, num_classes, True), sm)
+        scores = clf.predict_proba(_attack_features(z, y, num_classes, True))[:, 1]
+    else:
+        fallback = None
+        for c in np.unique(y):
+            sel_t = y == c
+            sel_s = sy == c
+            if sm[sel_s].all() or not sm[sel_s].any():
+                if fallback is None:
+                    fallback = make().fit(_attack_features(sx, sy, num_classes, True), sm)
+                scores[sel_t] = fallback.predict_proba(_attack_features(z[sel_t], y[sel_t], num_classes, True))[:, 1]
+                continue
+            clf = make().fit(_attack_features(sx[sel_s], sy[sel_s], num_classes, False), sm[sel_s])
+            scores[sel_t] = clf.predict_proba(_attack_features(z[sel_t], y[sel_t], num_classes, False))[:, 1]
+    return AttackResult("shadow_model" + ("_per_class" if per_class else ""), scores, scores >= 0.5)
+
+
+# ---------------------------------------------------------------------------- LiRA
+
+
+def lira(
+    target_logits,
+    labels,
+    shadow_logits,
+    shadow_in,
+    *,
+    online: bool = True,
+    fixed_variance: bool = False,
+    min_models: int = 2,
+    num_classes: int | None = None,
+) -> AttackResult:
+    """The Likelihood Ratio Attack (Carlini et al. 2022, "Membership Inference Attacks From First Principles").
+
+    Signal: logit-scaled confidence ``φ = log(p_y / (1 - p_y))`` of each model
+    on each candidate. For candidate x, Gaussians are fitted to φ over the
+    shadow models that trained on x (IN) and that did not (OUT):
+
+    * online: score = ``log N(φ_target; μ_in, σ_in²) − log N(φ_target; μ_out, σ_out²)``;
+    * offline (OUT models only): the one-sided test of the paper's Algorithm 1,
+      score = ``log Pr[Z ≤ φ_target]``, ``Z ~ N(μ_out, σ_out²)`` (the log keeps
+      resolution in the tail that low-FPR metrics need; it is monotone in the paper's Λ);
+    * fixed variance: one σ_in and one σ_out for all examples, pooled from every
+      example's deviations from its own mean (the paper's global-variance variant,
+      better with few shadow models).
+
+    With Q augmented queries (``[N, Q, C]`` / ``[M, N, Q, C]``) each query gets its
+    own Gaussian and the per-query log-likelihoods are averaged, as in the paper's code.
+
+    Args:
+        shadow_in: ``[M, N]``, true where shadow model m trained on candidate n
+            (online mode needs IN and OUT models for every candidate: shadows on random
+            halves of attacker pool ∪ candidates, e.g. :func:`~sparsemia.mia.shadow.lira_inclusion`).
+        min_models: the fewest IN (online) and OUT models any candidate may have
+            (at least 2 unless ``fixed_variance``, since a variance is estimated).
+    """
+    z, y = _check_target(target_logits, labels)
+    _check_classes(z, num_classes)
+    sl = np.asarray(shadow_logits, dtype=np.float64)
+    inc = np.asarray(shadow_in).astype(bool)
+    if sl.ndim != z.ndim + 1 or sl.shape[1:] != z.shape:
+        raise ValueError(f"shadow_logits: expected [M, {', '.join(map(str, z.shape))}], got {sl.shape}")
+    if inc.shape != sl.shape[:2]:
+        raise ValueError(f"shadow_in: expected shape {sl.shape[:2]}, got {inc.shape}")
+    label_b = y if z.ndim == 2 else y[:, None]
+    phi_target = signals.logit_scaled_confidence(z, label_b)  # [N] or [N, Q]
+    phi_shadow = signals.logit_scaled_confidence(sl, label_b)  # [M, N] or [M, N, Q]
+    if phi_target.ndim == 1:
+        phi_target, phi_shadow = phi_target[:, None], phi_shadow[:, :, None]
+    need = 1 if fixed_variance else max(2, min_models)
+    n_in = inc.sum(0)
+    n_out = (~inc).sum(0)
+    if n_out.min() < need:
+        raise ValueError(
+            f"shadow_in: LiRA needs at least {need} OUT shadow models per candidate; the fewest is {int(n_out.min())} "
+            f"({inc.shape[0]} shadow models in all)"
+        )
+    if online and n_in.min() < need:
+        raise ValueError(
+            f"shadow_in: online LiRA needs at least {need} IN shadow models per candidate; the fewest is "
+            f"{int(n_in.min())} ({inc.shape[0]} shadow models in all) — train more shadow models on "
+            "random halves that include the candidates, or use online=False"
+        )
+    w_in = inc[:, :, None].astype(np.float64)
+    w_out = 1.0 - w_in
+
+    def moments(w: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean = (w * phi_shadow).sum(0) / count[:, None]
+        dev2 = w * (phi_shadow - mean[None]) ** 2
+        if fixed_variance:
+            # pooled within-example variance: one σ for every example (and query)
+            dof = float(np.broadcast_to(w, phi_shadow.shape).sum()) - mean.size
+            var = np.full_like(mean, dev2.sum() / max(dof, 1.0))
+        else:
+            var = dev2.sum(0) / np.maximum(count[:, None] - 1, 1)  # unbiased per example
+        return mean, np.sqrt(var) + 1e-30
+
+    mu_out, sd_out = moments(w_out, n_out)
+    if online:
+        mu_in, sd_in = moments(w_in, n_in)
+        score = stats.norm.logpdf(phi_target, mu_in, sd_in) - stats.norm.logpdf(phi_target, mu_out, sd_out)
+    else:
+        score = stats.norm.logcdf(phi_target, mu_out, sd_out)
+    name = "lira_" + ("online" if online else "offline") + ("_fixed_variance" if fixed_variance else "")
+    return AttackResult(name, score.mean(1), None, {"shadow_models": int(inc.shape[0])})
+
+
+# ---------------------------------------------------------------------------- RMIA
+
+
+def rmia(
+    target_logits,
+    labels,
+    reference_logits,
+    reference_in,
+    population_target_logits,
+    population_labels,
+    population_reference_logits,
+    population_reference_in=None,
+    *,
+    online: bool = True,
+    offline_a: float = 0.3,
+    gamma: float = 1.0,
+    temperature: float = 1.0,
+    num_classes: int | None = None,
+) -> AttackResult:
+    """RMIA (Zarifzadeh, Liu, Oo & Shokri 2024, "Low-Cost High-Power Membership Inference Attacks").
+
+    ``LR(x) = Pr(x|θ) / Pr(x)`` with ``Pr(x|θ)`` the target's softmax probability
+    of the true label and ``Pr(x)`` its average over reference models. The score
+    of x is the fraction of population samples z it dominates:
+    ``Pr_z[ LR(x) / LR(z) ≥ γ ]``.
+
+    * online: ``Pr(x)`` averages all reference models (IN and OUT for x);
+    * offline: only reference models not trained on x, with the paper's linear
+      approximation of the missing IN models:
+      ``Pr(x) = ½ ((1 + a) · mean_OUT Pr(x|θ') + (1 − a))``.
+
+    Args:
+        reference_logits / reference_in: reference outputs on the candidates ``[M, N, C]`` and
+            ``[M, N]`` inclusion (``reference_in`` is only used offline, to pick OUT models).
+        population_*: the target's outputs on population samples z ``[Z, C]``, their
+            labels ``[Z]``, the reference outputs on them ``[M, Z, C]`` and their inclusion
+            (None: no reference model trained on z).
+        offline_a: the offline approximation's ``a`` (tuned per dataset in the paper).
+    """
+    z, y = _check_target(target_logits, labels)
+    _check_classes(z, num_classes)
+    if z.ndim != 2:
+        raise ValueError("target_logits: RMIA here takes one query per example ([N, C])")
+    if not gamma > 0:
+        raise ValueError(f"gamma: expected > 0, got {gamma}")
+    if not 0.0 <= offline_a <= 1.0:
+        raise ValueError(f"offline_a: expected a value in [0, 1], got {offline_a}")
+    ref = np.asarray(reference_logits, dtype=np.float64)
+    ref_in = np.asarray(reference_in).astype(bool)
+    pz, py = _check_target(population_target_logits, population_labels)
+    pref = np.asarray(population_reference_logits, dtype=np.float64)
+    if ref.shape[1:] != z.shape or ref_in.shape != ref.shape[:2]:
+        raise ValueError(f"reference_logits / reference_in: expected [M, {z.shape[0]}, {z.shape[1]}] and [M, {z.shape[0]}]")
+    if pref.shape[1:] != pz.shape or pref.shape[0] != ref.shape[0]:
+        raise ValueError(f"population_reference_logits: expected [{ref.shape[0]}, {pz.shape[0]}, {pz.shape[1]}]")
+    pop_in = (
+        np.zeros(pref.shape[:2], dtype=bool)
+        if population_reference_in is None
+        else np.asarray(population_reference_in).astype(bool)
+    )
+
+    def marginal(ref_logits: np.ndarray, labels_: np.ndarray, inc: np.ndarray) -> np.ndarray:
+        p = signals.true_class_probability(ref_logits, labels_[None, :], temperature)  # [M, n]
+        if online:
+            return p.mean(0)
+        out = ~inc
+        counts = out.sum(0)
+        if counts.min() < 1:
+            raise ValueError("reference_in: offline RMIA needs at least one OUT reference model per example")
+        p_out = (p * out).sum(0) / counts
+        return 0.5 * ((1.0 + offline_a) * p_out + (1.0 - offline_a))
+
+    lr_x = signals.true_class_probability(z, y, temperature) / marginal(ref, y, ref_in)
+    lr_z = signals.true_class_probability(pz, py, temperature) / marginal(pref, py, pop_in)
+    lr_z = np.sort(lr_z)
+    # count of z with LR(x) / LR(z) >= gamma  <=>  LR(z) <= LR(x) / gamma
+    score = np.searchsorted(lr_z, lr_x / gamma, side="right") / lr_z.size
+    name = "rmia_" + ("online" if online else "offline")
+    return AttackResult(name, score, None, {"reference_models": int(ref.shape[0]), "population": int(lr_z.size)})

@@ -1,0 +1,218 @@
+"""Attack metrics from per-example membership scores, with bootstrap confidence intervals.
+
+Scores are oriented "higher = more likely a member". ROC curves and AUC come
+from scikit-learn (``roc_curve``, ``roc_auc_score``), so reported numbers agree
+with it on the saved scores. Definitions:
+
+* ``auc`` — area under the ROC curve;
+* ``tpr_at_1pct_fpr`` / ``tpr_at_0.1pct_fpr`` — the highest TPR among ROC points
+  with FPR ≤ 1% / 0.1% (Carlini et al. 2022's low-FPR metric);
+* ``advantage`` — membership advantage TPR − FPR (Yeom et al. 2018) of the attack's
+  decisions when given (a threshold learned on shadow models), else the best over
+  all thresholds;
+* ``attack_acc`` — balanced accuracy (TPR + TNR)/2 of those decisions
+  (= 0.5 + advantage / 2); ``best_attack_acc`` — the best over thresholds (an
+  oracle upper bound, reported separately);
+* ``per_class`` — AUC and balanced accuracy among examples of each class;
+* ``ci`` — 95% percentile bootstrap intervals (resampling examples).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+__all__ = ["AttackMetrics", "attack_metrics", "tpr_at_fpr", "roc_points", "save_scores", "load_scores"]
+
+
+def _check(scores, is_member) -> tuple[np.ndarray, np.ndarray]:
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    m = np.asarray(is_member)
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise ValueError("is_member: expected booleans (or 0/1)")
+        m = m.astype(bool)
+    m = m.reshape(-1)
+    if s.shape != m.shape:
+        raise ValueError(f"scores and is_member: lengths differ ({s.size} vs {m.size})")
+    if not np.isfinite(s).all():
+        raise ValueError("scores: contain NaN or infinite values")
+    if m.all() or not m.any():
+        raise ValueError("is_member: need both members and non-members")
+    return s, m
+
+
+def roc_points(scores, is_member) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(fpr, tpr, thresholds)`` from ``sklearn.metrics.roc_curve`` (all points kept)."""
+    s, m = _check(scores, is_member)
+    return roc_curve(m, s, drop_intermediate=False)
+
+
+def tpr_at_fpr(scores, is_member, max_fpr: float) -> float:
+    """Highest TPR among ROC points with FPR ≤ ``max_fpr``."""
+    if not 0.0 <= max_fpr <= 1.0:
+        raise ValueError(f"max_fpr: expected a rate in [0, 1], got {max_fpr}")
+    fpr, tpr, _ = roc_points(scores, is_member)
+    return float(tpr[fpr <= max_fpr].max())
+
+
+def _core(s: np.ndarray, m: np.ndarray, predictions: np.ndarray | None) -> dict[str, float]:
+    fpr, tpr, _ = roc_curve(m, s, drop_intermediate=False)
+    best_adv = float((tpr - fpr).max())
+    out = {
+        "auc": float(roc_auc_score(m, s)),
+        "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()),
+        "tpr_at_0.1pct_fpr": float(tpr[fpr <= 0.001].max()),
+        "best_advantage": best_adv,
+        "best_attack_acc": 0.5 + best_adv / 2,
+    }
+    if predictions is not None:
+        tpr_p = float(predictions[m].mean())
+        fpr_p = float(predictions[~m].mean())
+        out["advantage"] = tpr_p - fpr_p
+        out["attack_acc"] = 0.5 * (tpr_p + 1.0 - fpr_p)
+    else:
+        out["advantage"] = best_adv
+        out["attack_acc"] = out["best_attack_acc"]
+    return out
+
+
+@dataclass
+class AttackMetrics:
+    """Metrics of one attack on one target (see the module docstring)."""
+
+    auc: float
+    tpr_at_1pct_fpr: float
+    tpr_at_01pct_fpr: float
+    advantage: float
+    attack_acc: float
+    best_advantage: float
+    best_attack_acc: float
+    num_members: int
+    num_non_members: int
+    roc_fpr: np.ndarray = field(repr=False)
+    roc_tpr: np.ndarray = field(repr=False)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    per_class: dict[int, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self, roc: bool = False) -> dict:
+        out = {
+            "auc": self.auc,
+            "tpr_at_1pct_fpr": self.tpr_at_1pct_fpr,
+            "tpr_at_0.1pct_fpr": self.tpr_at_01pct_fpr,
+            "advantage": self.advantage,
+            "attack_acc": self.attack_acc,
+            "best_advantage": self.best_advantage,
+            "best_attack_acc": self.best_attack_acc,
+            "num_members": self.num_members,
+            "num_non_members": self.num_non_members,
+            "ci95": {k: list(v) for k, v in self.ci.items()},
+            "per_class": {str(k): v for k, v in self.per_class.items()},
+        }
+        if roc:
+            out["roc"] = {"fpr": self.roc_fpr.tolist(), "tpr": self.roc_tpr.tolist()}
+        return out
+
+
+def attack_metrics(
+    scores,
+    is_member,
+    *,
+    predictions=None,
+    labels=None,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> AttackMetrics:
+    """All metrics for membership ``scores`` (higher = member) against the truth ``is_member``.
+
+    Args:
+        predictions: the attack's boolean member decisions (e.g. a threshold learned
+            on shadow models); without them advantage and accuracy are the best over thresholds.
+        labels: class labels for the per-class breakdown.
+        n_bootstrap: bootstrap resamples for the 95% intervals (0 disables them).
+        seed: seed of the bootstrap resampling.
+    """
+    s, m = _check(scores, is_member)
+    pred = None
+    if predictions is not None:
+        pred = np.asarray(predictions).astype(bool).reshape(-1)
+        if pred.shape != s.shape:
+            raise ValueError(f"predictions: expected {s.size} decisions, got {pred.size}")
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap: expected >= 0, got {n_bootstrap}")
+    core = _core(s, m, pred)
+    fpr, tpr, _ = roc_curve(m, s, drop_intermediate=False)
+    ci: dict[str, tuple[float, float]] = {}
+    if n_bootstrap:
+        rng = np.random.default_rng(seed)
+        samples: dict[str, list[float]] = {k: [] for k in core}
+        n = s.size
+        for _ in range(n_bootstrap):
+            idx = rng.integers(0, n, n)
+            mb = m[idx]
+            if mb.all() or not mb.any():
+                continue
+            for k, v in _core(s[idx], mb, None if pred is None else pred[idx]).items():
+                samples[k].append(v)
+        ci = {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in samples.items() if v}
+    per_class: dict[int, dict[str, float]] = {}
+    if labels is not None:
+        lab = np.asarray(labels).reshape(-1)
+        if lab.shape != s.shape:
+            raise ValueError(f"labels: expected {s.size} labels, got {lab.size}")
+        for c in np.unique(lab):
+            sel = lab == c
+            if m[sel].all() or not m[sel].any():
+                continue
+            cc = _core(s[sel], m[sel], None if pred is None else pred[sel])
+            per_class[int(c)] = {
+                "auc": cc["auc"],
+                "attack_acc": cc["attack_acc"],
+                "advantage": cc["advantage"],
+                "count": int(sel.sum()),
+            }
+    return AttackMetrics(
+        auc=core["auc"],
+        tpr_at_1pct_fpr=core["tpr_at_1pct_fpr"],
+        tpr_at_01pct_fpr=core["tpr_at_0.1pct_fpr"],
+        advantage=core["advantage"],
+        attack_acc=core["attack_acc"],
+        best_advantage=core["best_advantage"],
+        best_attack_acc=core["best_attack_acc"],
+        num_members=int(m.sum()),
+        num_non_members=int((~m).sum()),
+        roc_fpr=fpr,
+        roc_tpr=tpr,
+        ci=ci,
+        per_class=per_class,
+    )
+
+
+def save_scores(path: str | Path, score, is_member, index) -> Path:
+    """Write per-example scores atomically as ``.npz`` with arrays ``score``, ``is_member``, ``index``."""
+    path = Path(path)
+    s, m = _check(score, is_member)
+    idx = np.asarray(index, dtype=np.int64).reshape(-1)
+    if idx.shape != s.shape:
+        raise ValueError(f"index: expected {s.size} dataset indices, got {idx.size}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, score=s, is_member=m, index=idx)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(score, is_member, index)`` from a file written by :func:`save_scores`."""
+    with np.load(path) as npz:
+        return npz["score"], npz["is_member"], npz["index"]
