@@ -1,0 +1,70 @@
+"""``prune_saved_model``: the logic of ``sparsemia prune`` on a saved model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import sparsemia as sm
+from sparsemia.prune.cli import prune_saved_model, report_path
+
+
+@pytest.fixture
+def saved_lenet(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "lenet.pt"
+    torch.save(sm.models.LeNet5(), path)
+    return path
+
+
+def test_magnitude_writes_pruned_model_and_report(saved_lenet, tmp_path):
+    output = tmp_path / "out" / "pruned.pt"
+    report = prune_saved_model(saved_lenet, output, sparsity=0.8, scope="global", skip_first_last=True)
+    model = torch.load(output, weights_only=False)
+    assert sm.prune.sparsity_report(model) == report
+    assert report["features.0"].sparsity == 0.0 and report["classifier.5"].sparsity == 0.0
+    pruned = [layer for layer in report.layers if layer.sparsity > 0]
+    assert sum(layer.numel - layer.nnz for layer in pruned) == round(0.8 * sum(layer.numel for layer in pruned))
+    saved = json.loads(report_path(output).read_text())
+    assert saved["nnz"] == report.nnz
+
+
+def test_filter_structure_writes_a_smaller_model(saved_lenet, tmp_path):
+    output = tmp_path / "small.pt"
+    prune_saved_model(saved_lenet, output, sparsity=0.5, structure="filter")
+    model = torch.load(output, weights_only=False)
+    assert model.features[0].out_channels == 3 and model.features[3].out_channels == 8
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_iterative_schedule_fine_tunes_on_the_named_dataset(tmp_path):
+    torch.manual_seed(0)
+    torch.save(sm.models.MLP(64, 10, hidden=(32,)), tmp_path / "mlp.pt")  # digits: 1x8x8 images
+    report = prune_saved_model(
+        tmp_path / "mlp.pt", tmp_path / "it.pt", sparsity=0.5, schedule="iterative", steps=2, data="digits", epochs=1, batch_size=256
+    )
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "argument"),
+    [
+        ({"method": "obd"}, "method"),
+        ({"schedule": "iterative", "steps": 2}, "data"),
+        ({"method": "admm"}, "data"),
+        ({"method": "admm", "schedule": "gradual", "data": "digits"}, "schedule"),
+        ({"sparsity": 1.2}, "sparsity"),
+    ],
+)
+def test_bad_arguments(saved_lenet, tmp_path, kwargs, argument):
+    with pytest.raises(ValueError, match=rf"^{argument}\b"):
+        prune_saved_model(saved_lenet, tmp_path / "x.pt", **kwargs)
+
+
+def test_state_dict_is_not_a_model(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(sm.models.LeNet5().state_dict(), path)
+    with pytest.raises(ValueError, match=r"^model_path: .* holds a \w*[dD]ict, not a model"):
+        prune_saved_model(path, tmp_path / "x.pt")
