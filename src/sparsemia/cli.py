@@ -1,0 +1,210 @@
+"""The ``sparsemia`` command line.
+
+Each command is a thin layer over the Python API: it parses options (flags,
+or a YAML file given with ``--config`` whose keys are the option names), shows
+progress, and prints results. Errors are one clear line and a non-zero exit
+code; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="sparsemia",
+    help="Fast sparse kernels for pruned networks, pruning, and membership inference evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+# Wide enough for the benchmark tables when output is not a terminal.
+console = Console() if sys.stdout.isatty() else Console(width=200)
+_state: dict[str, Any] = {"debug": False}
+
+
+class CLIError(Exception):
+    """An error the user can fix; printed as one line."""
+
+
+def load_config(path: Path | None) -> dict[str, Any]:
+    """Options from a YAML file (``{option_name: value}``); flags given on the command line win."""
+    if path is None:
+        return {}
+    import yaml
+
+    if not path.is_file():
+        raise CLIError(f"--config: file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise CLIError(f"--config: expected a mapping of option names to values in {path}")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def merged(ctx: typer.Context, config: dict[str, Any], **given: Any) -> dict[str, Any]:
+    """Command options with ``config`` filling in every option not given on the command line."""
+    unknown = set(config) - set(given)
+    if unknown:
+        raise CLIError(f"--config: unknown option(s) {sorted(unknown)}; expected some of {sorted(given)}")
+    out = dict(given)
+    for name, value in config.items():
+        source = ctx.get_parameter_source(name)
+        if source is None or source.name in ("DEFAULT", "DEFAULT_MAP"):
+            out[name] = value
+    return out
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logging."),
+) -> None:
+    _state["debug"] = debug
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def info() -> None:
+    """Which backends are built and usable here, with versions.
+
+    Example: sparsemia info
+    """
+    import torch
+
+    from sparsemia import __version__, ops
+
+    table = Table(title=f"sparsemia {__version__}")
+    table.add_column("component")
+    table.add_column("status")
+    table.add_row("python", platform.python_version())
+    table.add_row("torch", f"{torch.__version__} (threads: {torch.get_num_threads()})")
+    try:
+        from sparsemia import _C
+
+        table.add_row("C++ CPU kernels", f"built; ISA in use: {_C.get_cpu_isa()} (best here: {_C.best_cpu_isa()})")
+        table.add_row("CUDA kernels", "built" if _C.with_cuda() else "not built (torch without CUDA or no nvcc)")
+    except ImportError as exc:
+        table.add_row("C++ CPU kernels", f"[red]not loaded[/red]: {exc}")
+    table.add_row("CUDA device", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
+    try:
+        import triton
+
+        interp = os.environ.get("TRITON_INTERPRET") == "1"
+        where = "GPU" if torch.cuda.is_available() else ("CPU interpreter (TRITON_INTERPRET=1)" if interp else "no GPU; interpreter with TRITON_INTERPRET=1")
+        table.add_row("triton", f"{triton.__version__}: {where}")
+    except ImportError:
+        table.add_row("triton", "not installed (pip install 'sparsemia[triton]')")
+    for name, reason in ops.available_backends().items():
+        table.add_row(f"backend {name}", "usable" if reason is None else f"unavailable: {reason}")
+    console.print(table)
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    quick: bool = typer.Option(False, "--quick", help="A short run: fewer shapes and repeats."),
+    sizes: str = typer.Option("1024,4096", help="Square weight sizes, comma-separated."),
+    batches: str = typer.Option("1,16,64,256", help="Batch sizes, comma-separated."),
+    sparsities: str = typer.Option("0.5,0.8,0.9,0.95,0.99", help="Sparsities, comma-separated."),
+    repeat: int = typer.Option(7, min=1, help="Timed runs per measurement (the median is reported)."),
+    threads: int = typer.Option(0, min=0, help="torch threads (0: torch's default)."),
+    seed: int = typer.Option(0, help="Seed for the random weights and inputs."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the rows to this JSON file."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+) -> None:
+    """Time sparse linear layers against torch dense (F.linear) and torch.sparse CSR.
+
+    Examples:
+      sparsemia bench --quick
+      sparsemia bench --sizes 4096 --batches 16,256 --sparsities 0.9 --json bench.json
+    """
+    import torch
+
+    from sparsemia.bench import bench_linear
+
+    opts = merged(ctx, load_config(config), quick=quick, sizes=sizes, batches=batches, sparsities=sparsities,
+                  repeat=repeat, threads=threads, seed=seed, json_out=json_out)
+    if opts["quick"] and ctx.get_parameter_source("batches").name == "DEFAULT":
+        opts["batches"] = "1,64"
+    if opts["quick"] and ctx.get_parameter_source("sparsities").name == "DEFAULT":
+        opts["sparsities"] = "0.9,0.95"
+    if opts["quick"] and ctx.get_parameter_source("repeat").name == "DEFAULT":
+        opts["repeat"] = 5
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    size_list = _parse_list(opts["sizes"], int, "--sizes")
+    batch_list = _parse_list(opts["batches"], int, "--batches")
+    sparsity_list = _parse_list(opts["sparsities"], float, "--sparsities")
+    if any(not 0 <= s < 1 for s in sparsity_list):
+        raise CLIError("--sparsities: expected values in [0, 1)")
+    table = Table(title=f"sparse linear, fp32, {torch.get_num_threads()} threads (ms per call; speedup = torch time / ours)")
+    for col in ("size", "batch", "sparsity", "dense", "torch CSR", "CSR", "CSR vs dense", "CSR vs torch CSR",
+                "BSR (block)", "BSR vs dense"):
+        table.add_column(col, justify="right")
+    rows = []
+    total = len(size_list) * len(batch_list) * len(sparsity_list)
+    with console.status("benchmarking") as status:
+        for i, row in enumerate(bench_linear(size_list, batch_list, sparsity_list, repeat=opts["repeat"], seed=opts["seed"])):
+            status.update(f"benchmarking {i + 1}/{total}")
+            rows.append(row.as_dict())
+            table.add_row(
+                str(row.size), str(row.batch), f"{row.sparsity:.0%}", f"{row.dense_ms:.3f}", f"{row.torch_csr_ms:.3f}",
+                f"{row.csr_ms:.3f}", f"{row.csr_vs_dense:.2f}x", f"{row.csr_vs_torch_csr:.2f}x",
+                f"{row.bsr_ms:.3f} ({row.bsr_block})", f"{row.bsr_vs_dense:.2f}x",
+            )
+    console.print(table)
+    if opts["json_out"]:
+        Path(opts["json_out"]).write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=2))
+
+
+def _parse_list(text: str | list, kind: type, option: str) -> list:
+    items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
+    try:
+        values = [kind(t) for t in items]
+    except ValueError as exc:
+        raise CLIError(f"{option}: expected comma-separated {kind.__name__} values, got {text!r}") from exc
+    if not values:
+        raise CLIError(f"{option}: expected at least one value")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sparsemia`` console script."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        app(args=argv, standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except (CLIError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        return 130
+    except Exception as exc:  # click usage errors and anything unexpected
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 1
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
