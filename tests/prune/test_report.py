@@ -53,3 +53,15 @@ def test_table_rendering_and_dict(small_net):
 def test_reads_effective_weights_of_torch_pruned_models(small_net):
     torch_prune.l1_unstructured(small_net.classifier[1], "weight", amount=0.25)
     assert sm.prune.sparsity_report(small_net)["classifier.1"].nnz == 1536
+
+
+def test_reading_does_not_change_a_torch_pruned_model(small_net, batch):
+    torch_prune.l1_unstructured(small_net.classifier[1], "weight", amount=0.25)
+    optimizer = torch.optim.SGD(small_net.parameters(), lr=0.1)
+    optimizer.zero_grad()
+    torch.nn.functional.cross_entropy(small_net(batch[0]), batch[1]).backward()
+    optimizer.step()  # weight_orig moved; torch's module.weight is stale until the next forward
+    expected = int(torch.count_nonzero(small_net.classifier[1].weight_orig * small_net.classifier[1].weight_mask))
+    assert sm.prune.sparsity_report(small_net)["classifier.1"].nnz == expected
+    assert set(sm.prune.masks(small_net)) == {"classifier.1.weight"}
+    assert hasattr(small_net.classifier[1], "weight_orig")  # still torch's mechanism

@@ -116,16 +116,18 @@ def apply_mask(module: nn.Module, name: str, mask: torch.Tensor) -> None:
 
 
 def masks(model: nn.Module) -> dict[str, torch.Tensor]:
-    """All masks in ``model``, keyed ``"<module name>.<tensor name>"`` (e.g. ``"features.0.weight"``)."""
-    adopt_torch_prune(model)
+    """All masks in ``model`` (ours and ``torch.nn.utils.prune``'s), keyed ``"<module>.<tensor>"``, e.g. ``"features.0.weight"``.
+
+    Reading does not change the model.
+    """
     found: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for tensor_name in module.parametrizations:
-            p = _mask_parametrization(module, tensor_name)
-            if p is not None:
-                found[f"{module_name}.{tensor_name}" if module_name else tensor_name] = p.mask
+        names = list(module.parametrizations) if parametrize.is_parametrized(module) else []
+        names += [b[: -len("_mask")] for b, _ in module.named_buffers(recurse=False) if b.endswith("_mask")]
+        for tensor_name in names:
+            mask = get_mask(module, tensor_name)
+            if mask is not None:
+                found[f"{module_name}.{tensor_name}" if module_name else tensor_name] = mask
     return found
 
 

@@ -111,6 +111,9 @@ def _human(size: int) -> str:
 
 
 def _dense_weight(module: nn.Module) -> torch.Tensor | None:
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+        # torch.nn.utils.prune: ``module.weight`` is only refreshed by a forward pass
+        return module.weight_orig * module.weight_mask
     weight = getattr(module, "weight", None)
     if isinstance(weight, torch.Tensor):
         return weight
@@ -124,11 +127,8 @@ def sparsity_report(model: nn.Module) -> SparsityReport:
 
     Counts the *effective* weights (masks applied); BatchNorm and biases are
     not listed. Works on masked, ``torch.nn.utils.prune``-pruned, sparse
-    (``sparsemia.nn``) and dense models.
+    (``sparsemia.nn``) and dense models, and does not change the model.
     """
-    from sparsemia.prune.masks import adopt_torch_prune
-
-    adopt_torch_prune(model)
     layers = []
     with torch.no_grad():
         for name, module in model.named_modules():
