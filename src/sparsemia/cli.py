@@ -165,6 +165,57 @@ def bench(
         Path(opts["json_out"]).write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=2))
 
 
+@app.command()
+def prune(
+    ctx: typer.Context,
+    model_path: Path = typer.Argument(..., help="A model saved with torch.save(model, path)."),
+    output: Path = typer.Option(..., "--output", "-o", help="The pruned model; its report goes to <output>.sparsity.json."),
+    method: str = typer.Option("magnitude", help="magnitude or admm."),
+    sparsity: float = typer.Option(0.9, help="Fraction of weights (blocks, filters) to prune; nm implies 1 - n/m."),
+    structure: str = typer.Option("unstructured", help="unstructured, block, nm or filter (filter shrinks the model)."),
+    scope: str = typer.Option("layer", help="layer or global."),
+    schedule: str = typer.Option("one_shot", help="one_shot, iterative or gradual (magnitude only)."),
+    steps: int = typer.Option(1, min=1, help="Pruning steps of an iterative or gradual schedule."),
+    skip_first_last: bool = typer.Option(False, "--skip-first-last", help="Leave the first and the last layer dense."),
+    block: str = typer.Option("4,4", help="Block rows,cols for --structure block."),
+    n: int = typer.Option(2, help="N of N:M."),
+    m: int = typer.Option(4, help="M of N:M."),
+    data: str | None = typer.Option(None, help="Dataset to fine-tune on (needed by admm and multi-step schedules)."),
+    data_root: Path | None = typer.Option(None, help="Directory holding the dataset."),
+    epochs: int = typer.Option(1, min=0, help="Fine-tuning epochs per pruning step, or ADMM retraining epochs."),
+    rounds: int = typer.Option(10, min=1, help="ADMM rounds."),
+    rho: float = typer.Option(1e-3, help="ADMM initial penalty rho."),
+    lr: float = typer.Option(1e-3, help="Adam learning rate for fine-tuning and ADMM."),
+    batch_size: int = typer.Option(128, min=1, help="Training batch size."),
+    seed: int = typer.Option(0, help="Seed for the batch order."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+) -> None:
+    """Prune a saved model; write the pruned model and its sparsity report.
+
+    Examples:
+      sparsemia prune lenet.pt -o lenet-90.pt --sparsity 0.9 --scope global --skip-first-last
+      sparsemia prune vgg.pt -o vgg-small.pt --structure filter --sparsity 0.5
+      sparsemia prune lenet.pt -o lenet-admm.pt --method admm --data mnist-embedded --rounds 6 --rho 0.1
+    """
+    from sparsemia.prune.cli import prune_saved_model, report_path
+
+    file_options = load_config(config)
+    opts = merged(ctx, file_options, model_path=model_path, output=output, method=method, sparsity=sparsity,
+                  structure=structure, scope=scope, schedule=schedule, steps=steps, skip_first_last=skip_first_last,
+                  block=block, n=n, m=m, data=data, data_root=data_root, epochs=epochs, rounds=rounds, rho=rho, lr=lr,
+                  batch_size=batch_size, seed=seed)
+    if opts["structure"] == "nm" and ctx.get_parameter_source("sparsity").name == "DEFAULT" and "sparsity" not in file_options:
+        opts["sparsity"] = None  # implied by n and m
+    block_shape = _parse_list(opts.pop("block"), int, "--block")
+    if len(block_shape) != 2:
+        raise CLIError(f"--block: expected rows,cols, got {block_shape}")
+    output_path = Path(opts.pop("output"))
+    with console.status("pruning"):
+        report = prune_saved_model(opts.pop("model_path"), output_path, block=tuple(block_shape), **opts)
+    console.print(str(report), highlight=False)
+    console.print(f"wrote {output_path} and {report_path(output_path)}", highlight=False)
+
+
 def _parse_list(text: str | list, kind: type, option: str) -> list:
     items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
     try:

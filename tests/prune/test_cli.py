@@ -68,3 +68,15 @@ def test_state_dict_is_not_a_model(tmp_path):
     torch.save(sm.models.LeNet5().state_dict(), path)
     with pytest.raises(ValueError, match=r"^model_path: .* holds a \w*[dD]ict, not a model"):
         prune_saved_model(path, tmp_path / "x.pt")
+
+
+def test_sparsemia_prune_command(saved_lenet, tmp_path, capsys):
+    cli = pytest.importorskip("sparsemia.cli")
+    output = tmp_path / "nm.pt"
+    code = cli.main(["prune", str(saved_lenet), "-o", str(output), "--structure", "nm", "--n", "1", "--m", "2", "--skip-first-last"])
+    assert code == 0
+    assert "classifier.1" in capsys.readouterr().out
+    report = json.loads(report_path(output).read_text())
+    assert [layer["sparsity"] for layer in report["layers"]] == [0.0, 0.5, 0.5, 0.5, 0.0]
+    assert cli.main(["prune", str(saved_lenet), "-o", str(output), "--sparsity", "1.5"]) == 2
+    assert "sparsity: expected a number in [0, 1)" in capsys.readouterr().out
