@@ -1,0 +1,45 @@
+"""Shared helpers for the Triton kernels: where they may run, dtypes, autotune configs."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+# Triton runs on CUDA devices; on the CPU only through its interpreter
+# (TRITON_INTERPRET=1), which the tests use. Read once: the kernels below are
+# compiled or interpreted according to the value at import time.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def device_reason(*tensors: torch.Tensor | None) -> str | None:
+    """None when Triton can run on these tensors' device, else why not."""
+    devices = {t.device.type for t in tensors if t is not None}
+    if devices <= {"cuda"}:
+        return None
+    if devices <= {"cpu"} and INTERPRET:
+        return None
+    return "the triton backend takes CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)"
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision: fp32 follows torch's TF32 switch, as torch.matmul does."""
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return "tf32"
+    return "ieee"
+
+
+def interpreter_upcast(dtype: torch.dtype) -> bool:
+    """Whether to feed tl.dot fp32 copies of bf16 operands: the interpreter's bf16 tl.dot is wrong (Triton 3.x)."""
+    return INTERPRET and dtype == torch.bfloat16
+
+
+def configs(options: list[dict], warps: tuple[int, ...] = (4, 8), stages: tuple[int, ...] = (2, 3, 4)) -> list[triton.Config]:
+    """Autotune configs: every option x warps x stages on a GPU; only the first, small, in the interpreter."""
+    if INTERPRET:
+        return [triton.Config(options[0], num_warps=4, num_stages=1)]
+    return [triton.Config(o, num_warps=w, num_stages=s) for o in options for w in warps for s in stages]
+
