@@ -9,6 +9,7 @@ rule "skip the first conv and the classifier".
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
@@ -48,7 +49,7 @@ def first_and_last(model: nn.Module) -> list[str]:
 
 def check_sparsity(value: object, argument: str = "sparsity") -> float:
     """A sparsity as a float in ``[0, 1)``, or a ``ValueError`` naming the argument."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{argument}: expected a number in [0, 1), got {value!r}")
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{argument}: expected a number in [0, 1), got {value!r}")
