@@ -278,16 +278,22 @@ class StackedModel(nn.Module):
         ho, wo = patches.shape[2] // 2, patches.shape[3] // 2
         patches = patches.permute(0, 2, 3, 1, 4, 5)  # [B, Ho, Wo, C, kh, kw]
         w = conv.effective_weight().reshape(-1, channels * kh * kw).t()  # [C*kh*kw, M*O]
+        track_grad = torch.is_grad_enabled() and w.requires_grad
         pooled = None
         for a in (0, 1):
             for b in (0, 1):
                 p = patches[:, a : 2 * ho : 2, b : 2 * wo : 2].reshape(-1, channels * kh * kw)
                 out = p @ w
-                pooled = out if pooled is None else torch.maximum(pooled, out, out=pooled)
+                if pooled is None:
+                    pooled = out
+                elif track_grad:
+                    pooled = torch.maximum(pooled, out)
+                else:
+                    torch.maximum(pooled, out, out=pooled)
         assert pooled is not None
         if conv.bias is not None:
-            pooled += conv.bias.reshape(1, -1)
-        pooled.relu_()
+            pooled = pooled + conv.bias.reshape(1, -1)
+        pooled = pooled.relu_()
         h = pooled.reshape(batch, ho, wo, -1).permute(0, 3, 1, 2)  # channels-last [B, M*O, Ho, Wo]
         return self._run(h, 3)
 
