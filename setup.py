@@ -20,7 +20,8 @@ def _extensions():
     from torch.utils import cpp_extension
 
     cpp_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/**/*.cpp", recursive=True))
-    cu_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True))
+    # csrc/cuda: .cu kernels (CUDA runtime only) and the .cpp wrappers that adapt torch tensors to them.
+    cu_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True) + glob.glob("csrc/cuda/**/*.cpp", recursive=True))
     cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=fast", "-fopenmp-simd", "-Wall", "-Wno-unknown-pragmas"]
     define_macros: list[tuple[str, str | None]] = []
     with_cuda = (
