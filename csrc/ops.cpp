@@ -20,4 +20,14 @@ TORCH_LIBRARY(sparsemia, m) {
   // col/values, the G models' entries stored one model after another
   // (crow[g][M] == crow[g+1][0], crow[0][0] == 0); bias [G, M]. Returns [G, B, M].
   m.def("stacked_csr_linear(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias) -> Tensor");
+
+  // ---- convolution (csrc/cpu/conv) ----
+  // x [B, Cin, H, W]; the CSR weight is the matrix [Cout, Cin/groups*kh*kw]
+  // (column = (ci * kh + ky) * kw + kx within the row's group). Returns
+  // [B, Cout, Ho, Wo], like F.conv2d with the same stride/padding/dilation/groups.
+  m.def("csr_conv2d(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // d loss / d values at the stored entries, given grad_out [B, Cout, Ho, Wo]. Returns [nnz].
+  m.def("csr_conv2d_weight_grad(Tensor x, Tensor grad_out, Tensor crow, Tensor col, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
 }

@@ -1,0 +1,458 @@
+// CPU implementations of the sparse convolution operators: argument checks,
+// input packing, the work split across torch's intra-op threads, and the call
+// into the direct-convolution kernels of the active ISA (kernels_*.cpp).
+//
+// Layout choice. Images are processed in chunks of Bt. With wide output rows
+// (Wo >= 16) or a single image, Bt = 1 and the packed buffer is just the
+// zero-padded NCHW image (no copy at all for an unpadded stride-1 conv; a 1x1
+// conv is then one long row per output channel, i.e. a sparse matmul over
+// [Cin, H*W]). With narrow rows (deep layers: 8x8, 4x4, 2x2 maps) the batch is
+// moved innermost so each output row is Wo * Bt long and fills whole vectors.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "cpu/conv/kernels.h"
+
+namespace sparsemia::cpu::conv {
+namespace {
+
+using at::Tensor;
+
+struct Geometry {
+  int64_t B, Cin, H, W, Cout, kh, kw, sh, sw, ph, pw, dh, dw, groups;
+  int64_t Ho, Wo, Hq, Wq, cin_g, cout_g;
+};
+
+int64_t pair_at(at::IntArrayRef v, int64_t i, const char* what, const char* op) {
+  TORCH_CHECK(v.size() == 2, op, ": ", what, " must have two elements, got ", v.size());
+  return v[i];
+}
+
+Geometry make_geometry(const Tensor& x, int64_t Cout, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                       at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const char* op) {
+  TORCH_CHECK(x.dim() == 4, op, ": x must be 4-D [B, Cin, H, W], got ", x.dim(), "-D");
+  Geometry g{};
+  g.B = x.size(0), g.Cin = x.size(1), g.H = x.size(2), g.W = x.size(3), g.Cout = Cout;
+  g.kh = pair_at(kernel_size, 0, "kernel_size", op), g.kw = pair_at(kernel_size, 1, "kernel_size", op);
+  g.sh = pair_at(stride, 0, "stride", op), g.sw = pair_at(stride, 1, "stride", op);
+  g.ph = pair_at(padding, 0, "padding", op), g.pw = pair_at(padding, 1, "padding", op);
+  g.dh = pair_at(dilation, 0, "dilation", op), g.dw = pair_at(dilation, 1, "dilation", op);
+  g.groups = groups;
+  TORCH_CHECK(g.kh >= 1 && g.kw >= 1, op, ": kernel_size must be positive, got ", kernel_size);
+  TORCH_CHECK(g.sh >= 1 && g.sw >= 1, op, ": stride must be positive, got ", stride);
+  TORCH_CHECK(g.ph >= 0 && g.pw >= 0, op, ": padding must be non-negative, got ", padding);
+  TORCH_CHECK(g.dh >= 1 && g.dw >= 1, op, ": dilation must be positive, got ", dilation);
+  TORCH_CHECK(groups >= 1 && g.Cin % groups == 0 && Cout % groups == 0, op, ": groups (", groups,
+              ") must divide both Cin (", g.Cin, ") and Cout (", Cout, ")");
+  g.cin_g = g.Cin / groups, g.cout_g = Cout / groups;
+  const int64_t Hp = g.H + 2 * g.ph, Wp = g.W + 2 * g.pw;
+  const int64_t eh = g.dh * (g.kh - 1) + 1, ew = g.dw * (g.kw - 1) + 1;
+  TORCH_CHECK(Hp >= eh && Wp >= ew, op, ": the padded input (", Hp, "x", Wp,
+              ") is smaller than the dilated kernel (", eh, "x", ew, ")");
+  g.Ho = (Hp - eh) / g.sh + 1, g.Wo = (Wp - ew) / g.sw + 1;
+  g.Hq = (Hp + g.sh - 1) / g.sh, g.Wq = (Wp + g.sw - 1) / g.sw;
+  return g;
+}
+
+// Images per chunk: 1 while an output row fills vectors on its own, else the
+// batch goes innermost (up to 16 images: one AVX-512 vector of fp32 per column).
+int64_t chunk_batch(const Geometry& g) {
+  if (g.B == 1 || g.Wo >= 16) return 1;
+  return std::min<int64_t>(g.B, 16);
+}
+
+// The unpadded stride-1 case with Bt = 1 reads the NCHW image in place.
+bool reads_in_place(const Geometry& g, int64_t bt) {
+  return bt == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+}
+
+// Strides of the packed buffer X'[Cin][sh][sw][Hq][Wq][bt].
+struct Packed {
+  int64_t bt, phase, plane, size;  // elements per phase, per channel, per chunk
+  int64_t x_row, len;              // kernel row step and row length
+  int64_t out_rows;                // output rows the kernel sees (1 when a 1x1 conv is one long row)
+};
+
+Packed packed_layout(const Geometry& g, int64_t bt) {
+  Packed p{};
+  p.bt = bt;
+  p.phase = g.Hq * g.Wq * bt;
+  p.plane = g.sh * g.sw * p.phase;
+  p.size = g.Cin * p.plane;
+  p.x_row = g.Wq * bt;
+  p.len = g.Wo * bt;
+  p.out_rows = g.Ho;
+  if (reads_in_place(g, bt) && g.kh == 1 && g.kw == 1) {
+    // Rows are contiguous in input and output alike: one row of H*W.
+    p.len = g.Ho * g.Wo;
+    p.out_rows = 1;
+    p.x_row = 0;
+  }
+  return p;
+}
+
+// Offsets of each stored tap in X', and an int64 copy of crow; checks the pattern.
+template <typename I>
+void tap_offsets(const Tensor& crow, const Tensor& col, const Geometry& g, const Packed& pk, std::vector<int64_t>& crow64,
+                 std::vector<int32_t>& offset, const char* op) {
+  const int64_t M = g.Cout, K = g.cin_g * g.kh * g.kw;
+  TORCH_CHECK(pk.size < std::numeric_limits<int32_t>::max(), op, ": the packed input chunk (", pk.size,
+              " elements) is too large for 32-bit offsets");
+  const I* rp = crow.data_ptr<I>();
+  const I* cp = col.data_ptr<I>();
+  const int64_t nnz = col.numel();
+  TORCH_CHECK(int64_t(rp[0]) == 0 && int64_t(rp[M]) == nnz, op, ": crow must run from 0 to nnz = ", nnz, ", got ",
+              int64_t(rp[0]), " .. ", int64_t(rp[M]));
+  crow64.resize(M + 1);
+  offset.resize(nnz);
+  const int64_t kk = g.kh * g.kw;
+  for (int64_t co = 0; co < M; ++co) {
+    crow64[co] = rp[co];
+    TORCH_CHECK(rp[co + 1] >= rp[co], op, ": crow must be non-decreasing");
+    const int64_t ci_base = (co / g.cout_g) * g.cin_g;
+    for (int64_t q = rp[co]; q < rp[co + 1]; ++q) {
+      const int64_t c = cp[q];
+      TORCH_CHECK(c >= 0 && c < K, op, ": column index ", c, " out of range [0, ", K, ")");
+      const int64_t ci = ci_base + c / kk, t = c % kk;
+      const int64_t ry = (t / g.kw) * g.dh, rx = (t % g.kw) * g.dw;
+      offset[q] = int32_t(ci * pk.plane + ((ry % g.sh) * g.sw + rx % g.sw) * pk.phase + (ry / g.sh) * g.Wq * pk.bt +
+                          (rx / g.sw) * pk.bt);
+    }
+  }
+  crow64[M] = rp[M];
+}
+
+// Copies images [b0, b0 + bt) of x (contiguous NCHW), channels [c0, c1), into
+// X'. Positions X' keeps for padding are left as they are (zero).
+template <typename T>
+void pack_chunk(const T* x, const Geometry& g, const Packed& pk, int64_t b0, int64_t c0, int64_t c1, T* out) {
+  const int64_t img = g.Cin * g.H * g.W, bt = pk.bt;
+  for (int64_t ci = c0; ci < c1; ++ci) {
+    for (int64_t ih = 0; ih < g.H; ++ih) {
+      const int64_t r = ih + g.ph;
+      T* drow = out + ci * pk.plane + (r % g.sh) * g.sw * pk.phase + (r / g.sh) * g.Wq * bt;
+      const T* srow = x + b0 * img + (ci * g.H + ih) * g.W;
+      if (bt == 1 && g.sw == 1) {
+        std::memcpy(drow + g.pw, srow, g.W * sizeof(T));
+        continue;
+      }
+      for (int64_t iw = 0; iw < g.W; ++iw) {
+        const int64_t c = iw + g.pw;
+        T* d = drow + (c % g.sw) * pk.phase + (c / g.sw) * bt;
+        for (int64_t bb = 0; bb < bt; ++bb) d[bb] = srow[bb * img + iw];
+      }
+    }
+  }
+}
+
+// Y'[Cout][Ho][Wo][bt] (channels [c0, c1)) -> y[b0 + bb][co][oh][ow].
+template <typename T>
+void unpack_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int64_t c0, int64_t c1, T* y) {
+  const int64_t hw = g.Ho * g.Wo, img = g.Cout * hw;
+  for (int64_t co = c0; co < c1; ++co)
+    for (int64_t i = 0; i < hw; ++i) {
+      const T* s = ytmp + (co * hw + i) * bt;
+      T* d = y + b0 * img + co * hw + i;
+      for (int64_t bb = 0; bb < bt; ++bb) d[bb * img] = s[bb];
+    }
+}
+
+// dy[b0 + bb][co][oh][ow] -> dY'[Cout][Ho][Wo][bt].
+template <typename T>
+void pack_grad_chunk(const T* dy, const Geometry& g, int64_t b0, int64_t bt, T* out) {
+  const int64_t hw = g.Ho * g.Wo, img = g.Cout * hw;
+  for (int64_t co = 0; co < g.Cout; ++co)
+    for (int64_t i = 0; i < hw; ++i) {
+      T* d = out + (co * hw + i) * bt;
+      const T* s = dy + b0 * img + co * hw + i;
+      for (int64_t bb = 0; bb < bt; ++bb) d[bb] = s[bb * img];
+    }
+}
+
+// Output-channel boundaries splitting [0, M) into `parts` of about equal cost
+// (stored entries plus a fixed per-channel overhead).
+std::vector<int64_t> balanced_channels(const std::vector<int64_t>& crow, int64_t parts, int64_t row_cost) {
+  const int64_t M = int64_t(crow.size()) - 1;
+  std::vector<int64_t> bounds(parts + 1, M);
+  bounds[0] = 0;
+  const auto cost = [&](int64_t i) { return crow[i] + row_cost * i; };
+  const int64_t total = cost(M);
+  int64_t lo = 0;
+  for (int64_t t = 1; t < parts; ++t) {
+    const int64_t target = total * t / parts;
+    int64_t l = lo, hi = M;
+    while (l < hi) {
+      const int64_t mid = l + (hi - l) / 2;
+      if (cost(mid) < target) l = mid + 1; else hi = mid;
+    }
+    bounds[t] = lo = l;
+  }
+  return bounds;
+}
+
+template <typename F>
+void run_tasks(int64_t tasks, bool threaded, const F& f) {
+  if (!threaded || tasks == 1) {
+    for (int64_t t = 0; t < tasks; ++t) f(t, t + 1);
+    return;
+  }
+  at::parallel_for(0, tasks, 1, f);
+}
+
+// Below this many multiply-adds a call runs on the calling thread.
+constexpr int64_t kMinParallelWork = int64_t(1) << 16;
+
+struct Chunks {
+  int64_t bt, count, last_bt;
+  int64_t size(int64_t c) const { return c == count - 1 ? last_bt : bt; }
+};
+
+Chunks chunks_of(const Geometry& g) {
+  Chunks ch{};
+  ch.bt = chunk_batch(g);
+  ch.count = (g.B + ch.bt - 1) / ch.bt;
+  ch.last_bt = g.B - (ch.count - 1) * ch.bt;
+  return ch;
+}
+
+// Per-call plan: packed layout and tap offsets for the main and the last chunk size.
+struct Plan {
+  Packed layout[2];
+  std::vector<int64_t> crow;
+  std::vector<int32_t> offset[2];
+};
+
+template <typename I>
+void make_plan(Plan& plan, const Chunks& ch, const Tensor& crow, const Tensor& col, const Geometry& g, const char* op) {
+  plan.layout[0] = packed_layout(g, ch.bt);
+  tap_offsets<I>(crow, col, g, plan.layout[0], plan.crow, plan.offset[0], op);
+  plan.layout[1] = plan.layout[0];
+  if (ch.last_bt != ch.bt) {
+    std::vector<int64_t> unused;
+    plan.layout[1] = packed_layout(g, ch.last_bt);
+    tap_offsets<I>(crow, col, g, plan.layout[1], unused, plan.offset[1], op);
+  } else {
+    plan.offset[1] = plan.offset[0];
+  }
+}
+
+template <typename T>
+void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks& ch, const T* values, const T* bias,
+                  T* y) {
+  const auto kt = kernels_for<T>(active_isa());
+  const int64_t nnz = plan.crow.back();
+  const int64_t work = (nnz + g.Cout) * g.Ho * g.Wo * g.B;
+  const bool threaded = work >= kMinParallelWork && at::get_num_threads() > 1;
+  const int64_t threads = threaded ? at::get_num_threads() : 1;
+  const int64_t hw = g.Ho * g.Wo;
+
+  const auto args_for = [&](int64_t c, const T* xpacked, T* out, bool direct) {
+    const int last = c == ch.count - 1 ? 1 : 0;
+    const Packed& pk = plan.layout[last];
+    ConvArgs<T> a{plan.crow.data(), plan.offset[last].data(), values, xpacked, pk.x_row, pk.len, out, 0, 0, bias};
+    if (direct) {  // bt == 1: write straight into NCHW
+      a.y_co = hw;
+      a.y_oh = pk.out_rows == 1 ? 0 : g.Wo;
+    } else {
+      a.y_co = hw * pk.bt;
+      a.y_oh = g.Wo * pk.bt;
+    }
+    return a;
+  };
+  const bool in_place = reads_in_place(g, ch.bt);
+  const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
+
+  if (!threaded || ch.count % threads == 0 || ch.count >= 4 * threads) {
+    // Whole chunks per task: each thread packs its chunk into its own buffer
+    // (cache-resident) and runs every output channel over it.
+    run_tasks(ch.count, threaded, [&](int64_t begin, int64_t end) {
+      Tensor buf, ytmp;
+      int64_t buf_bt = -1;
+      for (int64_t c = begin; c < end; ++c) {
+        const int last = c == ch.count - 1 ? 1 : 0;
+        const Packed& pk = plan.layout[last];
+        const int64_t b0 = c * ch.bt;
+        const T* xp = x + b0 * img_in;
+        if (!in_place) {
+          if (buf_bt != pk.bt) {
+            buf = at::zeros({pk.size}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+            buf_bt = pk.bt;
+          }
+          pack_chunk<T>(x, g, pk, b0, 0, g.Cin, buf.data_ptr<T>());
+          xp = buf.data_ptr<T>();
+        }
+        if (pk.bt == 1) {
+          kt.rows(args_for(c, xp, y + b0 * img_out, true), 0, g.Cout, 0, pk.out_rows);
+        } else {
+          if (!ytmp.defined())
+            ytmp = at::empty({img_out * ch.bt}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+          kt.rows(args_for(c, xp, ytmp.data_ptr<T>(), false), 0, g.Cout, 0, pk.out_rows);
+          unpack_chunk<T>(ytmp.data_ptr<T>(), g, b0, pk.bt, 0, g.Cout, y);
+        }
+      }
+    });
+    return;
+  }
+
+  // Few chunks: pack them all, then split each chunk's output channels.
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  const int64_t chunk_size = plan.layout[0].size;
+  Tensor packed;
+  if (!in_place) {
+    packed = at::zeros({ch.count * chunk_size}, opts);
+    T* pp = packed.data_ptr<T>();
+    at::parallel_for(0, ch.count * g.Cin, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t c = t / g.Cin, ci = t % g.Cin;
+        const Packed& pk = plan.layout[c == ch.count - 1 ? 1 : 0];
+        pack_chunk<T>(x, g, pk, c * ch.bt, ci, ci + 1, pp + c * chunk_size);
+      }
+    });
+  }
+  Tensor ytmp = ch.bt > 1 ? at::empty({ch.count * img_out * ch.bt}, opts) : Tensor();
+  const int64_t parts = std::min<int64_t>(g.Cout, (4 * threads + ch.count - 1) / ch.count);
+  const auto bounds = balanced_channels(plan.crow, parts, 4);
+  run_tasks(ch.count * parts, threaded, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c = t / parts, part = t % parts;
+      const int64_t b0 = c * ch.bt, c0 = bounds[part], c1 = bounds[part + 1];
+      const Packed& pk = plan.layout[c == ch.count - 1 ? 1 : 0];
+      const T* xp = in_place ? x + b0 * img_in : packed.data_ptr<T>() + c * chunk_size;
+      if (pk.bt == 1) {
+        kt.rows(args_for(c, xp, y + b0 * img_out, true), c0, c1, 0, pk.out_rows);
+      } else {
+        T* yt = ytmp.data_ptr<T>() + c * img_out * ch.bt;
+        kt.rows(args_for(c, xp, yt, false), c0, c1, 0, pk.out_rows);
+        unpack_chunk<T>(yt, g, b0, pk.bt, c0, c1, y);
+      }
+    }
+  });
+}
+
+void check_inputs(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values, const char* op) {
+  TORCH_CHECK(crow.dim() == 1 && col.dim() == 1 && values.dim() == 1, op, ": crow, col and values must be 1-D");
+  TORCH_CHECK(crow.scalar_type() == col.scalar_type() && (crow.scalar_type() == at::kInt || crow.scalar_type() == at::kLong),
+              op, ": crow and col must both be int32 or both int64, got ", crow.scalar_type(), " and ", col.scalar_type());
+  TORCH_CHECK(crow.numel() >= 2, op, ": crow must have Cout + 1 >= 2 entries");
+  TORCH_CHECK(values.numel() == col.numel(), op, ": values must have one entry per column index");
+  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, op,
+              ": the CPU kernels take float32 or float64 values, got ", values.scalar_type());
+  TORCH_CHECK(x.scalar_type() == values.scalar_type(), op, ": x must have the weight's dtype ", values.scalar_type(),
+              ", got ", x.scalar_type());
+  TORCH_CHECK(x.device().is_cpu() && crow.device().is_cpu() && col.device().is_cpu() && values.device().is_cpu(), op,
+              ": all tensors must be on the CPU");
+}
+
+Tensor csr_conv2d(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in,
+                  const c10::optional<Tensor>& bias_in, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "csr_conv2d";
+  check_inputs(x_in, crow_in, col_in, values_in, op);
+  const Geometry g = make_geometry(x_in, crow_in.numel() - 1, kernel_size, stride, padding, dilation, groups, op);
+  if (bias_in) {
+    TORCH_CHECK(bias_in->dim() == 1 && bias_in->size(0) == g.Cout, op, ": bias must have shape [", g.Cout, "], got ",
+                bias_in->sizes());
+    TORCH_CHECK(bias_in->scalar_type() == values_in.scalar_type() && bias_in->device().is_cpu(), op,
+                ": bias must be a CPU tensor of the weight's dtype");
+  }
+  const Tensor x = x_in.contiguous(), crow = crow_in.contiguous(), col = col_in.contiguous();
+  const Tensor values = values_in.contiguous();
+  const Tensor bias = bias_in ? bias_in->contiguous() : Tensor();
+  Tensor y = at::empty({g.B, g.Cout, g.Ho, g.Wo}, x.options());
+  if (y.numel() == 0) return y;
+  const Chunks ch = chunks_of(g);
+  AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "csr_conv2d", [&] {
+    using T = scalar_t;
+    Plan plan;
+    if (crow.scalar_type() == at::kInt)
+      make_plan<int32_t>(plan, ch, crow, col, g, op);
+    else
+      make_plan<int64_t>(plan, ch, crow, col, g, op);
+    conv_forward<T>(x.data_ptr<T>(), g, plan, ch, values.data_ptr<T>(), bias.defined() ? bias.data_ptr<T>() : nullptr,
+                    y.data_ptr<T>());
+  });
+  return y;
+}
+
+Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const Tensor& crow_in, const Tensor& col_in,
+                              at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                              at::IntArrayRef dilation, int64_t groups) {
+  const char* op = "csr_conv2d_weight_grad";
+  TORCH_CHECK(grad_in.scalar_type() == x_in.scalar_type(), op, ": grad_out must have x's dtype");
+  check_inputs(x_in, crow_in, col_in, grad_in.new_empty({col_in.numel()}), op);
+  const Geometry g = make_geometry(x_in, crow_in.numel() - 1, kernel_size, stride, padding, dilation, groups, op);
+  TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(0) == g.B && grad_in.size(1) == g.Cout && grad_in.size(2) == g.Ho &&
+                  grad_in.size(3) == g.Wo,
+              op, ": grad_out must have shape [", g.B, ", ", g.Cout, ", ", g.Ho, ", ", g.Wo, "], got ", grad_in.sizes());
+  const Tensor x = x_in.contiguous(), dy = grad_in.contiguous(), crow = crow_in.contiguous(), col = col_in.contiguous();
+  Tensor out = at::zeros({col.numel()}, x.options());
+  if (col.numel() == 0 || g.B == 0 || g.Ho * g.Wo == 0) return out;
+  const Chunks ch = chunks_of(g);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_weight_grad", [&] {
+    using T = scalar_t;
+    Plan plan;
+    if (crow.scalar_type() == at::kInt)
+      make_plan<int32_t>(plan, ch, crow, col, g, op);
+    else
+      make_plan<int64_t>(plan, ch, crow, col, g, op);
+    const bool in_place = reads_in_place(g, ch.bt);
+    const int64_t chunk_size = plan.layout[0].size, hw = g.Ho * g.Wo;
+    const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
+    Tensor packed, dpacked;
+    if (!in_place) {
+      packed = at::zeros({ch.count * chunk_size}, x.options());
+      at::parallel_for(0, ch.count, 1, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c)
+          pack_chunk<T>(x.data_ptr<T>(), g, plan.layout[c == ch.count - 1 ? 1 : 0], c * ch.bt, 0, g.Cin,
+                        packed.data_ptr<T>() + c * chunk_size);
+      });
+    }
+    if (ch.bt > 1) {
+      dpacked = at::empty({ch.count * img_out * ch.bt}, x.options());
+      at::parallel_for(0, ch.count, 1, [&](int64_t b, int64_t e) {
+        for (int64_t c = b; c < e; ++c)
+          pack_grad_chunk<T>(dy.data_ptr<T>(), g, c * ch.bt, ch.size(c), dpacked.data_ptr<T>() + c * img_out * ch.bt);
+      });
+    }
+    const auto kt = kernels_for<T>(active_isa());
+    const int64_t work = col.numel() * hw * g.B;
+    const bool threaded = work >= kMinParallelWork && at::get_num_threads() > 1;
+    const int64_t parts = threaded ? std::min<int64_t>(g.Cout, 4 * at::get_num_threads()) : 1;
+    const auto bounds = balanced_channels(plan.crow, parts, 1);
+    run_tasks(parts, threaded, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t)
+        for (int64_t c = 0; c < ch.count; ++c) {
+          const int last = c == ch.count - 1 ? 1 : 0;
+          const Packed& pk = plan.layout[last];
+          const T* xp = in_place ? x.data_ptr<T>() + c * ch.bt * img_in : packed.data_ptr<T>() + c * chunk_size;
+          ConvGradArgs<T> a{plan.crow.data(), plan.offset[last].data(), xp, pk.x_row, pk.len, pk.out_rows, nullptr,
+                            0, 0, out.data_ptr<T>()};
+          if (ch.bt == 1) {
+            a.dy = dy.data_ptr<T>() + c * img_out;
+            a.dy_co = hw;
+            a.dy_oh = pk.out_rows == 1 ? 0 : g.Wo;
+          } else {
+            a.dy = dpacked.data_ptr<T>() + c * img_out * ch.bt;
+            a.dy_co = hw * pk.bt;
+            a.dy_oh = g.Wo * pk.bt;
+          }
+          kt.weight_grad(a, bounds[t], bounds[t + 1]);
+        }
+    });
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(sparsemia, CPU, m) {
+  m.impl("csr_conv2d", &csr_conv2d);
+  m.impl("csr_conv2d_weight_grad", &csr_conv2d_weight_grad);
+}
+
+}  // namespace sparsemia::cpu::conv

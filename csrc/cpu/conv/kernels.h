@@ -1,0 +1,82 @@
+// Raw-pointer direct sparse convolution kernels for the CPU, one instantiation
+// per ISA (scalar, AVX2, AVX-512; chosen at run time like the spmm kernels).
+//
+// The torch wrapper (conv_cpu.cpp) packs a chunk of Bt images into a zero-
+// padded, stride-phase-split, batch-innermost buffer
+//     X'[Cin][sh][sw][Hq][Wq][Bt]
+// in which every stored weight (ci, ky, kx) reads its input at one constant
+// element offset from the output position. Output row (co, oh) is then a
+// contiguous run of len = Wo * Bt elements:
+//     Y[co, oh, 0:len] = bias[co] + sum_p values[p] * X'[offset[p] + oh * x_row + 0:len]
+// over the nonzeros p of row co. No im2col buffer is ever formed. Nothing here
+// includes torch; threading lives in the wrapper.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/spmm/kernels.h"  // Isa, active_isa()
+
+namespace sparsemia::cpu::conv {
+
+template <typename T>
+struct ConvArgs {
+  const int64_t* crow;    // [Cout + 1] into offset / values
+  const int32_t* offset;  // [nnz] element offset of each stored tap in X'
+  const T* values;        // [nnz]
+  const T* x;             // packed input X' of one chunk
+  int64_t x_row;          // elements of X' between the inputs of output rows oh and oh + 1
+  int64_t len;            // elements per output row (Wo * Bt)
+  T* y;                   // output: row (co, oh) starts at y + co * y_co + oh * y_oh
+  int64_t y_co, y_oh;
+  const T* bias;  // [Cout] or nullptr
+};
+
+// Gradient of the loss with respect to each stored weight (SDDMM-like):
+//     out[p] += sum_oh dot(dy[co, oh, 0:len], X'[offset[p] + oh * x_row + 0:len])
+template <typename T>
+struct ConvGradArgs {
+  const int64_t* crow;
+  const int32_t* offset;
+  const T* x;
+  int64_t x_row;
+  int64_t len;
+  int64_t rows;  // Ho
+  const T* dy;   // row (co, oh) at dy + co * dy_co + oh * dy_oh
+  int64_t dy_co, dy_oh;
+  T* out;  // [nnz], accumulated into
+};
+
+template <typename T>
+struct ConvKernelTable {
+  // Output channels [co_begin, co_end), output rows [oh_begin, oh_end).
+  void (*rows)(const ConvArgs<T>&, int64_t co_begin, int64_t co_end, int64_t oh_begin, int64_t oh_end);
+  // Weight gradient at the stored entries of output channels [co_begin, co_end).
+  void (*weight_grad)(const ConvGradArgs<T>&, int64_t co_begin, int64_t co_end);
+};
+
+namespace scalar {
+template <typename T>
+ConvKernelTable<T> table();
+}
+namespace avx2 {
+template <typename T>
+ConvKernelTable<T> table();
+}
+namespace avx512 {
+template <typename T>
+ConvKernelTable<T> table();
+}
+
+template <typename T>
+ConvKernelTable<T> kernels_for(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512:
+      return avx512::table<T>();
+    case Isa::Avx2:
+      return avx2::table<T>();
+    default:
+      return scalar::table<T>();
+  }
+}
+
+}  // namespace sparsemia::cpu::conv

@@ -1,0 +1,6 @@
+// Direct sparse convolution kernels compiled for the avx512 ISA (selected at run time).
+#define SM_NS avx512
+#define SM_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,fma,avx2")))
+#define SM_VBYTES 64
+#define SM_ISA_LEVEL 2
+#include "cpu/conv/kernels_impl.inc"
