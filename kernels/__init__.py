@@ -41,10 +41,14 @@ def _weight_reason(w: SparseWeight) -> str | None:
 
 def _priority(w: SparseWeight, on_gpu: bool) -> float:
     # On the CPU (interpreter) never chosen automatically. On a GPU, BSR on tensor
-    # cores is the fastest path we have; CSR gathers rank below the CUDA kernels.
+    # cores is the fastest path we have while at most about half the blocks are
+    # kept (beyond that, cuBLAS on the dense weight, the reference backend, wins);
+    # CSR gathers rank below the CUDA extension's kernels.
     if not on_gpu:
         return -5.0
-    return 30.0 if w.format == "bsr" else 15.0
+    if w.format == "bsr":
+        return 30.0 if w.sparsity >= 0.5 else -2.0
+    return 15.0
 
 
 def _padded(w: SparseWeight) -> tuple[int, int]:

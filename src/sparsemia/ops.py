@@ -118,6 +118,8 @@ def _requested(backend: str | None) -> str:
 def _load_gpu_backends() -> None:
     # GPU backends register themselves when imported; import them only when a
     # GPU tensor (or the Triton interpreter) could use them.
+    import sparsemia._cuda_backend  # noqa: F401  (CUDA extension kernels and torch's 2:4 path)
+
     try:
         import sparsemia.kernels  # noqa: F401
     except ImportError as exc:
@@ -531,3 +533,10 @@ def _register_operator_meta() -> None:
 
 if _C is not None:
     _register_operator_meta()
+
+
+# ---- convolution: sparse_conv2d, its backends, fake kernels and autograd live in
+# sparsemia._ops_conv (imported last: it registers into this module's registry).
+from sparsemia._ops_conv import sparse_conv2d  # noqa: E402
+
+__all__ += ["sparse_conv2d"]
