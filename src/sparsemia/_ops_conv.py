@@ -1,0 +1,268 @@
+"""Sparse 2-D convolution: the public op, its backends, fake kernels and autograd.
+
+This is the convolution section of :mod:`sparsemia.ops`, kept in its own
+module; ``sparsemia.ops`` re-exports :func:`sparse_conv2d`. The weight is a 4-D
+:class:`~sparsemia.SparseWeight` ``[Cout, Cin/groups, kh, kw]`` stored as the
+matrix ``[Cout, Cin/groups*kh*kw]`` (column ``(ci*kh + ky)*kw + kx``).
+
+Backends: ``reference`` (``F.conv2d`` on the dense weight) and ``cpu`` (the
+direct sparse convolution ``torch.ops.sparsemia.csr_conv2d``; CSR and N:M
+weights). Autograd of the C++ op: the input gradient is a sparse convolution of
+the (zero-inserted, for stride > 1) output gradient with the transposed,
+flipped sparse weight; the weight gradient is computed only at the stored taps
+(``csr_conv2d_weight_grad``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from sparsemia.formats import SparseWeight
+from sparsemia.ops import (
+    _C,
+    _CPU_DTYPES,
+    _EXTENSION_ERROR,
+    _check_bias,
+    _check_operand,
+    _check_weight,
+    register_impl,
+)
+from sparsemia.ops import select_backend as _select_backend
+
+__all__ = ["sparse_conv2d", "conv2d_output_size"]
+
+IntPair = int | Sequence[int]
+
+
+def _pair(value: object, name: str, minimum: int) -> tuple[int, int]:
+    items = (value, value) if isinstance(value, int) else value
+    if (
+        isinstance(value, bool)
+        or not isinstance(items, tuple | list)
+        or len(items) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
+    ):
+        raise ValueError(f"{name}: expected an integer >= {minimum} or a pair of them, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def conv2d_output_size(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """``(Ho, Wo)`` of a convolution, as ``F.conv2d`` computes it (may be <= 0 when the kernel does not fit)."""
+    return tuple(  # type: ignore[return-value]
+        (size[i] + 2 * padding[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(2)
+    )
+
+
+def _same_padding(kernel: tuple[int, int], dilation: tuple[int, int]) -> tuple[int, int, int, int]:
+    # (left, right, top, bottom) as F.conv2d(padding="same") pads: the extra one on the right/bottom.
+    th, tw = (dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1))
+    return tw // 2, tw - tw // 2, th // 2, th - th // 2
+
+
+def sparse_conv2d(
+    x: torch.Tensor,
+    w: SparseWeight,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Like ``F.conv2d(x, w.to_dense(), bias, stride, padding, dilation, groups)`` with a sparse weight.
+
+    Args:
+        x: ``[B, Cin, H, W]`` (or unbatched ``[Cin, H, W]``), any strides, the weight's dtype and device.
+        w: 4-D sparse weight ``[Cout, Cin/groups, kh, kw]``: CSR or N:M (direct sparse convolution on
+            the CPU), or BSR (blocks of output channels x kernel columns; reference backend).
+        bias: ``[Cout]`` or None.
+        stride, dilation: positive int or pair.
+        padding: non-negative int or pair (zero padding), ``"valid"``, or ``"same"`` (stride 1 only).
+        groups: positive int dividing ``Cin`` and ``Cout``; ``w.shape[1] * groups == Cin``.
+        backend: ``None``/``"auto"``, or one of :data:`sparsemia.ops.BACKENDS`.
+
+    Returns:
+        ``[B, Cout, Ho, Wo]`` (``[Cout, Ho, Wo]`` for unbatched ``x``). Differentiable with respect
+        to ``x``, ``w.values`` and ``bias``.
+    """
+    w = _check_weight(w)
+    if len(w.shape) != 4:
+        raise ValueError(f"w: expected a 4-D convolution weight [Cout, Cin/groups, kh, kw], got shape {w.shape}")
+    x = _check_operand(x, w, "x")
+    if x.dim() not in (3, 4):
+        raise ValueError(f"x: expected a 4-D [B, Cin, H, W] or 3-D [Cin, H, W] tensor, got shape {tuple(x.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"groups: expected a positive integer, got {groups!r}")
+    cout, cin_g, kh, kw = w.shape
+    stride = _pair(stride, "stride", 1)
+    dilation = _pair(dilation, "dilation", 1)
+    unbatched = x.dim() == 3
+    if unbatched:
+        x = x.unsqueeze(0)
+    cin = x.shape[1]
+    if cin != cin_g * groups:
+        raise ValueError(
+            f"x: expected {cin_g * groups} input channels (w.shape[1]={cin_g} x groups={groups}), got {cin}"
+        )
+    if cout % groups:
+        raise ValueError(f"groups: {groups} does not divide the weight's {cout} output channels")
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding: 'same' needs stride 1, got stride={stride}")
+            left, right, top, bottom = _same_padding((kh, kw), dilation)
+            if (left, top) != (right, bottom):
+                x = F.pad(x, (left, right, top, bottom))
+                padding = (0, 0)
+            else:
+                padding = (top, left)
+        else:
+            raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
+    padding = _pair(padding, "padding", 0)
+    ho, wo = conv2d_output_size(tuple(x.shape[2:]), (kh, kw), stride, padding, dilation)
+    if ho <= 0 or wo <= 0:
+        raise ValueError(
+            f"x: spatial size {tuple(x.shape[2:])} with padding {padding} is too small for the kernel "
+            f"{(kh, kw)} at dilation {dilation}"
+        )
+    _check_bias(bias, w, cout)
+    args = (x, w, bias, stride, padding, dilation, groups)
+    y = _select_backend("sparse_conv2d", *args, backend=backend).fn(*args)
+    return y.squeeze(0) if unbatched else y
+
+
+# --------------------------------------------------------------------------
+# Backends
+# --------------------------------------------------------------------------
+
+
+def _ref_conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    return F.conv2d(x, w.to_dense(), bias, stride, padding, dilation, groups)
+
+
+def _cpu_conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
+    crow, col, values = w.csr()
+    return torch.ops.sparsemia.csr_conv2d(
+        x, crow, col, values, bias, list(w.shape[2:]), list(stride), list(padding), list(dilation), groups
+    )
+
+
+def _cpu_supports(x, w, bias, *_params) -> str | None:
+    if _C is None:
+        return f"the C++ extension is not loaded ({_EXTENSION_ERROR})"
+    if w.device.type != "cpu" or x.device.type != "cpu":
+        return "the cpu backend takes CPU tensors"
+    if w.dtype not in _CPU_DTYPES:
+        return f"the cpu backend takes float32 or float64, got {w.dtype}"
+    if w.format == "bsr":
+        return "the cpu convolution takes CSR or N:M weights, not BSR"
+    return None
+
+
+register_impl("sparse_conv2d", "reference", _ref_conv2d, lambda *a: None, priority=-1)
+register_impl("sparse_conv2d", "cpu", _cpu_conv2d, _cpu_supports, priority=10)
+
+
+# --------------------------------------------------------------------------
+# Fake kernels and autograd for the C++ operators
+# --------------------------------------------------------------------------
+
+
+def _transposed_flipped(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, cin: int, kernel: Sequence[int], groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSR of the weight of the transposed convolution: ``[Cin, Cout/groups, kh, kw]``, spatially flipped."""
+    kh, kw = int(kernel[0]), int(kernel[1])
+    cout = crow.shape[0] - 1
+    cin_g, cout_g, kk = cin // groups, cout // groups, kh * kw
+    counts = (crow[1:] - crow[:-1]).long()
+    rows = torch.repeat_interleave(torch.arange(cout, device=col.device), counts, output_size=col.shape[0])
+    c = col.long()
+    ci, tap = c // kk, c % kk
+    ky, kx = tap // kw, tap % kw
+    new_row = (rows // cout_g) * cin_g + ci
+    new_col = (rows % cout_g) * kk + (kh - 1 - ky) * kw + (kw - 1 - kx)
+    perm = torch.argsort(new_row * (cout_g * kk) + new_col)
+    crow_t = torch.zeros(cin + 1, dtype=torch.int64, device=col.device)
+    crow_t[1:] = torch.cumsum(torch.bincount(new_row, minlength=cin), 0)
+    return crow_t.to(crow.dtype), new_col[perm].to(col.dtype), values[perm]
+
+
+def _input_grad(grad, crow, col, values, x_shape, kernel, stride, padding, dilation, groups) -> torch.Tensor:
+    """d loss / d x: the sparse convolution of the output gradient with the transposed, flipped weight.
+
+    For stride > 1 the output gradient gets ``stride - 1`` zeros inserted between
+    entries first (simple rather than fast: the kernel then multiplies those zeros).
+    """
+    _, cin, h, w = x_shape
+    crow_t, col_t, values_t = _transposed_flipped(crow, col, values, cin, kernel, groups)
+    if stride[0] > 1 or stride[1] > 1:
+        ho, wo = grad.shape[2:]
+        spread = grad.new_zeros(grad.shape[0], grad.shape[1], (ho - 1) * stride[0] + 1, (wo - 1) * stride[1] + 1)
+        spread[:, :, :: stride[0], :: stride[1]] = grad
+        grad = spread
+    # Pad so that the stride-1 convolution with the flipped kernel yields exactly [H, W].
+    pads = []
+    for i, size in ((1, w), (0, h)):  # F.pad order: last dim first
+        reach = dilation[i] * (kernel[i] - 1)
+        before = reach - padding[i]
+        after = size + reach - grad.shape[2 + i] - before
+        pads += [before, after]
+    if pads[0] == pads[1] >= 0 and pads[2] == pads[3] >= 0:
+        conv_padding = [pads[2], pads[0]]
+    else:
+        grad = F.pad(grad, pads)  # negative entries crop
+        conv_padding = [0, 0]
+    return torch.ops.sparsemia.csr_conv2d(
+        grad, crow_t, col_t, values_t, None, list(kernel), [1, 1], conv_padding, list(dilation), groups
+    )
+
+
+def _register_operator_meta() -> None:
+    lib = "sparsemia::"
+
+    @torch.library.register_fake(lib + "csr_conv2d")
+    def _(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups):
+        ho, wo = conv2d_output_size(tuple(x.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding),
+                                    tuple(dilation))
+        return x.new_empty(x.shape[0], crow.shape[0] - 1, ho, wo)
+
+    @torch.library.register_fake(lib + "csr_conv2d_weight_grad")
+    def _(x, grad_out, crow, col, kernel_size, stride, padding, dilation, groups):
+        return x.new_empty(col.shape[0])
+
+    def _setup(ctx, inputs, output):
+        x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(x, crow, col, values)
+        ctx.params = (list(kernel_size), list(stride), list(padding), list(dilation), groups)
+        ctx.has_bias = bias is not None
+
+    def _backward(ctx, grad):
+        x, crow, col, values = ctx.saved_tensors
+        kernel, stride, padding, dilation, groups = ctx.params
+        grad = grad.contiguous()
+        grad_x = grad_values = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _input_grad(grad, crow, col, values, x.shape, kernel, stride, padding, dilation, groups)
+        if ctx.needs_input_grad[3]:
+            grad_values = torch.ops.sparsemia.csr_conv2d_weight_grad(
+                x, grad, crow, col, kernel, stride, padding, dilation, groups
+            )
+        if ctx.has_bias and ctx.needs_input_grad[4]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_x, None, None, grad_values, grad_bias, None, None, None, None, None
+
+    torch.library.register_autograd(lib + "csr_conv2d", _backward, setup_context=_setup)
+
+
+if _C is not None:
+    _register_operator_meta()
