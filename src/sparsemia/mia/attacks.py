@@ -286,16 +286,16 @@ def lira(
     need = 1 if fixed_variance else max(2, min_models)
     n_in = inc.sum(0)
     n_out = (~inc).sum(0)
-    if n_out.min() < need:
-        raise ValueError(
-            f"shadow_in: LiRA needs at least {need} OUT shadow models per candidate; the fewest is {int(n_out.min())} "
-            f"({inc.shape[0]} shadow models in all)"
-        )
     if online and n_in.min() < need:
         raise ValueError(
             f"shadow_in: online LiRA needs at least {need} IN shadow models per candidate; the fewest is "
             f"{int(n_in.min())} ({inc.shape[0]} shadow models in all) — train more shadow models on "
             "random halves that include the candidates, or use online=False"
+        )
+    if n_out.min() < need:
+        raise ValueError(
+            f"shadow_in: LiRA needs at least {need} OUT shadow models per candidate; the fewest is {int(n_out.min())} "
+            f"({inc.shape[0]} shadow models in all)"
         )
     w_in = inc[:, :, None].astype(np.float64)
     w_out = 1.0 - w_in
