@@ -1,5 +1,16 @@
 """Sparse layers (drop-in for ``nn.Linear`` / ``nn.Conv2d``) and model conversion."""
 
+from sparsemia.nn.conv import SparseConv2d
+from sparsemia.nn.convert import (
+    BytesReport,
+    bytes_report,
+    densify,
+    load_sparsified,
+    save_sparsified,
+    sparsify,
+)
 from sparsemia.nn.linear import SparseLinear
 
 __all__ = ["SparseLinear"]
+# convolution and conversion (nn/conv.py, nn/convert.py)
+__all__ += ["SparseConv2d", "sparsify", "densify", "bytes_report", "BytesReport", "save_sparsified", "load_sparsified"]

@@ -1,0 +1,317 @@
+"""``sparsify`` / ``densify``: swap a pruned model's layers for sparse ones and back.
+
+``sparsify`` walks a model pruned any way sparsemia knows (dense weights with
+zeros, ``torch.nn.utils.prune``'s ``weight_orig``/``weight_mask``, or
+sparsemia's own parametrized masks) and replaces each ``nn.Linear`` /
+``nn.Conv2d`` by :class:`SparseLinear` / :class:`SparseConv2d` where the sparse
+kernel should be faster for that layer: by a cost model, or, given an example
+input, by timing both on the layer's real input (results cached per shape).
+The replaced layers compute the same outputs within fp32 tolerance.
+
+Saving: a sparsified model's ``state_dict`` loads into an equally sparsified
+model; :func:`save_sparsified` / :func:`load_sparsified` also go through a
+safetensors file (with the layers' formats in its metadata) into a model built
+from the dense architecture. :func:`bytes_report` compares storage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from sparsemia.formats import SparseWeight
+from sparsemia.nn.conv import SparseConv2d
+from sparsemia.nn.linear import SparseLinear
+
+__all__ = ["sparsify", "densify", "bytes_report", "BytesReport", "save_sparsified", "load_sparsified"]
+
+logger = logging.getLogger(__name__)
+
+_SPARSE_TYPES = (SparseLinear, SparseConv2d)
+
+# Cost model, calibrated on a 2-core AVX-512 machine (benchmarks/bench_conv.py):
+# the direct sparse convolution spends about 3x the time per stored tap that a
+# dense conv2d spends per tap, the CSR linear kernel about 5x a dense GEMM's.
+# A layer turns sparse when density * factor < 1.
+_CONV_TAP_COST = 3.0
+_LINEAR_ENTRY_COST = 5.0
+# Below this many weights a layer is dominated by per-call overhead; keep it dense.
+_MIN_LINEAR_WEIGHTS = 1 << 14
+
+_TIMING_CACHE: dict[tuple, bool] = {}
+
+
+def _layer_mask(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The effective dense weight and the pruning mask (None: zeros are pruned)."""
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):  # torch.nn.utils.prune
+        mask = module.weight_mask.detach()
+        return (module.weight_orig.detach() * mask), mask != 0
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations["weight"]:
+            mask = getattr(p, "mask", None)
+            if isinstance(mask, torch.Tensor):
+                return module.weight.detach(), mask.detach() != 0
+    return module.weight.detach(), None
+
+
+def _sparse_is_faster(module: nn.Module, density: float) -> bool:
+    if isinstance(module, nn.Conv2d):
+        return density * _CONV_TAP_COST < 1.0
+    return module.weight.numel() >= _MIN_LINEAR_WEIGHTS and density * _LINEAR_ENTRY_COST < 1.0
+
+
+def _best_time(fn, x: torch.Tensor, runs: int = 3) -> float:
+    with torch.no_grad():
+        fn(x)
+        best = math.inf
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn(x)
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _measured_faster(module: nn.Module, sparse: nn.Module, x: torch.Tensor, nnz: int) -> bool:
+    key = (type(module).__name__, tuple(module.weight.shape), tuple(x.shape), x.dtype, round(nnz / module.weight.numel(), 2),
+           getattr(module, "stride", None), getattr(module, "padding", None), getattr(module, "dilation", None),
+           getattr(module, "groups", None))
+    if key not in _TIMING_CACHE:
+        _TIMING_CACHE[key] = _best_time(sparse, x) < _best_time(module, x)
+    return _TIMING_CACHE[key]
+
+
+def _layer_inputs(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
+    inputs: dict[str, torch.Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[name].register_forward_pre_hook(lambda _m, args, name=name: inputs.setdefault(name, args[0].detach()))
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs
+
+
+def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    if name == "":
+        return new
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, new)
+    return model
+
+
+def sparsify(
+    model: nn.Module,
+    min_sparsity: float = 0.5,
+    format: str = "auto",
+    *,
+    example_input: torch.Tensor | None = None,
+    inplace: bool = False,
+    backend: str | None = None,
+) -> nn.Module:
+    """Replace the pruned ``nn.Linear`` / ``nn.Conv2d`` layers of ``model`` by sparse layers.
+
+    Args:
+        model: a pruned model (zeros in the weights, ``torch.nn.utils.prune`` masks, or sparsemia masks).
+        min_sparsity: layers with a smaller fraction of pruned weights stay dense.
+        format: ``"auto"`` (CSR, the format the CPU convolution runs), or ``"csr"``, ``"bsr"``, ``"nm"``
+            to force one (BSR and N:M with the SparseWeight defaults).
+        example_input: when given, each candidate layer is timed dense and sparse on the input it sees
+            in ``model(example_input)`` and turns sparse only if that is faster (cached per shape);
+            otherwise a cost model decides.
+        inplace: modify ``model`` itself instead of a deep copy.
+        backend: forwarded to the sparse layers (forces a backend).
+
+    Returns:
+        the model with sparse layers (``model`` itself when ``inplace``).
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, int | float) or not 0.0 <= min_sparsity <= 1.0:
+        raise ValueError(f"min_sparsity: expected a number in [0, 1], got {min_sparsity!r}")
+    if format not in ("auto", "csr", "bsr", "nm"):
+        raise ValueError(f"format: expected 'auto', 'csr', 'bsr' or 'nm', got {format!r}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    fmt = "csr" if format == "auto" else format
+    candidates: dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor | None, float]] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, _SPARSE_TYPES) or not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        weight, mask = _layer_mask(module)
+        kept = int((mask if mask is not None else weight != 0).sum())
+        density = kept / max(weight.numel(), 1)
+        if 1.0 - density >= min_sparsity:
+            candidates[name] = (module, weight, mask, density)
+    inputs = _layer_inputs(model, example_input, list(candidates)) if example_input is not None else {}
+    for name, (module, weight, mask, density) in candidates.items():
+        sparse_weight = SparseWeight.from_dense(weight, mask=mask, format=fmt)
+        bias = None if module.bias is None else module.bias.detach()
+        if isinstance(module, nn.Conv2d):
+            sparse: nn.Module = SparseConv2d(
+                sparse_weight, bias, module.stride, module.padding, module.dilation, module.groups,
+                module.padding_mode, backend=backend,
+            )
+        else:
+            sparse = SparseLinear(sparse_weight, bias, backend=backend)
+        sparse.train(module.training)
+        if name in inputs:
+            faster = _measured_faster(module, sparse, inputs[name], sparse_weight.nnz)
+        else:
+            faster = _sparse_is_faster(module, density)
+        if faster:
+            model = _replace(model, name, sparse)
+        else:
+            logger.debug("sparsify: %s stays dense (density %.3f; sparse kernel not faster)", name, density)
+    return model
+
+
+def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
+    """Replace every :class:`SparseLinear` / :class:`SparseConv2d` by its dense ``nn`` layer (the inverse of :func:`sparsify`)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, _SPARSE_TYPES):
+            dense = module.to_dense()
+            dense.train(module.training)
+            model = _replace(model, name, dense)
+    return model
+
+
+# --------------------------------------------------------------------------
+# Storage report
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class LayerBytes:
+    name: str
+    kind: str
+    format: str
+    dense_bytes: int
+    sparse_bytes: int
+
+
+@dataclass
+class BytesReport:
+    """Weight storage per layer, dense versus as stored (values plus indices; biases excluded)."""
+
+    layers: list[LayerBytes] = field(default_factory=list)
+
+    @property
+    def dense_total(self) -> int:
+        return sum(r.dense_bytes for r in self.layers)
+
+    @property
+    def sparse_total(self) -> int:
+        return sum(r.sparse_bytes for r in self.layers)
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':<32} {'kind':<13} {'format':<7} {'dense B':>12} {'stored B':>12} {'ratio':>6}"]
+        for r in [*self.layers, LayerBytes("total", "", "", self.dense_total, self.sparse_total)]:
+            ratio = r.sparse_bytes / r.dense_bytes if r.dense_bytes else 0.0
+            lines.append(f"{r.name:<32} {r.kind:<13} {r.format:<7} {r.dense_bytes:>12,} {r.sparse_bytes:>12,} {ratio:>6.3f}")
+        return "\n".join(lines)
+
+
+def bytes_report(model: nn.Module) -> BytesReport:
+    """Bytes of every Linear / Conv2d weight (sparse or dense layer) dense versus as stored."""
+    report = BytesReport()
+    for name, module in model.named_modules():
+        if isinstance(module, _SPARSE_TYPES):
+            w = module.weight
+            dense = math.prod(w.shape) * w.values.element_size()
+            report.layers.append(LayerBytes(name, type(module).__name__, w.format, dense, w.nbytes()))
+        elif isinstance(module, nn.Linear | nn.Conv2d):
+            n = module.weight.numel() * module.weight.element_size()
+            report.layers.append(LayerBytes(name, type(module).__name__, "dense", n, n))
+    return report
+
+
+# --------------------------------------------------------------------------
+# Save / load
+# --------------------------------------------------------------------------
+
+_META_KEY = "sparsemia.sparse_layers"
+
+
+def _layer_formats(model: nn.Module) -> dict[str, dict]:
+    return {
+        name: {"format": m.format, "block": m.block, "n": m.n, "m": m.m}
+        for name, m in model.named_modules()
+        if isinstance(m, _SPARSE_TYPES)
+    }
+
+
+def save_sparsified(model: nn.Module, path: str) -> None:
+    """Write ``model.state_dict()`` to a safetensors file, with each sparse layer's format in its metadata."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, path, metadata={_META_KEY: json.dumps(_layer_formats(model))})
+
+
+def load_sparsified(model: nn.Module, source: str | Mapping[str, torch.Tensor], *, strict: bool = True) -> nn.Module:
+    """Load a sparsified state into ``model`` built from the dense architecture (or already sparsified).
+
+    Args:
+        model: the architecture; its ``nn.Linear`` / ``nn.Conv2d`` layers that are sparse in ``source``
+            are replaced (in place) by sparse layers of the stored pattern.
+        source: a safetensors file written by :func:`save_sparsified`, or a ``state_dict`` of a
+            sparsified model (CSR and BSR layers are recognised from their tensors; N:M needs the file).
+
+    Returns:
+        ``model`` (or the replacement, if the model itself is one layer).
+    """
+    if isinstance(source, str):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(source, framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
+        state: Mapping[str, torch.Tensor] = load_file(source)
+    else:
+        state, meta = source, {}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        prefix = f"{name}." if name else ""
+        if prefix + "col_indices" not in state:
+            continue
+        values = state[prefix + "values"]
+        info = meta.get(name)
+        if info is None:
+            if prefix + "crow_indices" not in state:
+                raise ValueError(f"source: layer {name!r} looks N:M; load it from a file written by save_sparsified")
+            info = {"format": "bsr" if values.dim() == 3 else "csr",
+                    "block": list(values.shape[1:]) if values.dim() == 3 else None, "n": None, "m": None}
+        shell = SparseWeight(
+            info["format"], tuple(module.weight.shape), values.to(module.weight.dtype),
+            state.get(prefix + "crow_indices"), state[prefix + "col_indices"],
+            block=tuple(info["block"]) if info["block"] else None, n=info["n"], m=info["m"],
+        )
+        bias = None if module.bias is None else module.bias.detach()
+        if isinstance(module, nn.Conv2d):
+            new: nn.Module = SparseConv2d(shell, bias, module.stride, module.padding, module.dilation, module.groups,
+                                          module.padding_mode)
+        else:
+            new = SparseLinear(shell, bias)
+        model = _replace(model, name, new)
+    model.load_state_dict(dict(state), strict=strict)
+    return model
