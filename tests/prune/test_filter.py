@@ -55,20 +55,54 @@ def test_shrunk_model_matches_masked_model(architecture):
     assert all(p.grad is not None for p in small.parameters())
 
 
-def test_resnet_prunes_inside_blocks_and_keeps_the_residual_stream():
+def test_resnet_groups_block_channels_and_residual_streams():
     model = ResNet18()
     groups = sm.prune.channel_groups(model)
-    assert sorted(groups) == sorted(f"layer{s}.{b}.conv1" for s in range(1, 5) for b in range(2))
-    assert groups["layer2.0.conv1"].batchnorms == ["layer2.0.bn1"]
-    assert groups["layer2.0.conv1"].consumers == [("layer2.0.conv2", 1)]
+    assert set(groups) == {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}  # not fc
+    inner = groups["layer2.0.conv1"]
+    assert inner.producers == ["layer2.0.conv1"] and inner.batchnorms == ["layer2.0.bn1"]
+    assert inner.consumers == [("layer2.0.conv2", 1)]
+    stream = groups["layer2.1.conv2"]  # the stage-2 residual stream: every layer added into it
+    assert stream is groups["layer2.0.shortcut.0"]
+    assert stream.producers == ["layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2"]
+    assert sorted(stream.batchnorms) == ["layer2.0.bn2", "layer2.0.shortcut.1", "layer2.1.bn2"]
+    assert [c for c, _ in stream.consumers] == ["layer2.1.conv1", "layer3.0.conv1", "layer3.0.shortcut.0"]
+    assert groups["conv1"].producers == ["conv1", "layer1.0.conv2", "layer1.1.conv2"]  # identity shortcuts
+    assert groups["layer4.1.conv2"].consumers[-1] == ("fc", 1)
+
+
+def test_residual_stream_loses_the_same_channels_everywhere():
+    torch.manual_seed(0)
+    model = ResNet18().eval()
+    randomize_batchnorm(model)
+    sm.prune.magnitude(model, {"layer2.0.conv2": 0.25, "layer2.0.shortcut.0": 0.25, "layer2.1.conv2": 0.25}, structure="filter")
+    dead = [(model.get_submodule(n).weight.detach().flatten(1) == 0).all(1) for n in ("layer2.0.conv2", "layer2.0.shortcut.0", "layer2.1.conv2")]
+    assert int(dead[0].sum()) == 32 and all(torch.equal(d, dead[0]) for d in dead)
+    inputs = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(inputs)
+    small = sm.prune.shrink(copy.deepcopy(model))
+    assert small.layer3[0].conv1.in_channels == 96 and small.layer2[1].bn2.num_features == 96
+    torch.testing.assert_close(small(inputs), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_coupled_layers_need_one_sparsity():
+    model = ResNet18()
+    with pytest.raises(ValueError, match=r"^sparsity: layers \['layer2.0.conv2', .* residual addition"):
+        sm.prune.magnitude(model, {"layer2.0.conv2": 0.5}, structure="filter")
+    # a float with the stem excluded leaves the stage-1 stream (coupled with the stem) alone
+    sm.prune.magnitude(model, 0.5, structure="filter", exclude=sm.prune.first_and_last(model))
+    assert not sm.prune.is_masked(model.layer1[0].conv2)
+    assert sm.prune.is_masked(model.layer2[0].conv2) and sm.prune.is_masked(model.layer1[0].conv1)
 
 
 def test_mobilenet_prunes_expanded_channels_through_depthwise_convs():
     groups = sm.prune.channel_groups(MobileNetV2())
-    expand = groups["features.4.conv.0"]  # second inverted residual: 24 -> 144 -> 24
+    expand = groups["features.4.conv.0"]  # second inverted residual: 16 -> 96 -> 24
     assert expand.depthwise == ["features.4.conv.3"]
     assert expand.batchnorms == ["features.4.conv.1", "features.4.conv.4"]
     assert expand.consumers == [("features.4.conv.6", 1)]
+    assert groups["features.5.conv.6"].producers == ["features.4.conv.6", "features.5.conv.6"]  # 24-channel stream
     assert groups["features.20"].consumers == [("classifier", 1)]  # last 1x1 conv -> pool -> classifier
 
 

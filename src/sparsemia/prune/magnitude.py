@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from sparsemia.prune.filter import channel_groups, mask_channels
+from sparsemia.prune.filter import channel_groups, mask_channels, plan_filters, unique_groups
 from sparsemia.prune.masks import adopt_torch_prune, apply_mask
 from sparsemia.prune.structures import compute_masks
 from sparsemia.prune.targets import SCOPES, STRUCTURES, Exclude, check_choice, resolve_targets
@@ -87,6 +87,8 @@ def plan_masks(
                 "other layers' inputs can be pruned (not residual additions or the model output)"
             ) from None
         raise
+    if structure == "filter":
+        return plan_filters(model, targets, scope, weights, explicit=isinstance(sparsity, Mapping))
     if weights is None:
         weights = {name: model.get_submodule(name).weight for name in targets}
     return compute_masks(weights, targets, structure, scope, block, n, m)
@@ -132,9 +134,9 @@ def magnitude(
     )
     if structure == "filter":
         groups = channel_groups(model)
-        for name, mask in planned.items():
-            keep = mask.reshape(mask.shape[0], -1)[:, 0]
-            mask_channels(model, groups[name], keep)
+        for group in unique_groups({name: groups[name] for name in planned}):
+            mask = planned[group.producers[0]]
+            mask_channels(model, group, mask.reshape(mask.shape[0], -1)[:, 0])
     else:
         for name, mask in planned.items():
             apply_mask(model.get_submodule(name), "weight", mask)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-__all__ = ["compute_masks", "units_to_prune", "nm_mask", "gemm_shape"]
+__all__ = ["compute_masks", "keep_highest", "units_to_prune", "nm_mask", "gemm_shape"]
 
 
 def gemm_shape(weight: torch.Tensor) -> tuple[int, int]:
@@ -74,7 +74,8 @@ def _units(
     raise ValueError(f"structure: expected one of ['unstructured', 'block', 'filter'] here, got {structure!r}")
 
 
-def _keep_highest(scores: torch.Tensor, prune_count: int) -> torch.Tensor:
+def keep_highest(scores: torch.Tensor, prune_count: int) -> torch.Tensor:
+    """Bool mask of ``scores`` that drops the ``prune_count`` lowest (ties: the earlier position first)."""
     keep = torch.ones_like(scores, dtype=torch.bool)
     if prune_count:
         order = torch.argsort(scores, stable=True)
@@ -122,7 +123,7 @@ def compute_masks(
     units = {name: _units(weights[name], structure, block, name) for name in targets}
     if scope == "layer":
         return {
-            name: expand(_keep_highest(scores, units_to_prune(targets[name], scores.numel())))
+            name: expand(keep_highest(scores, units_to_prune(targets[name], scores.numel())))
             for name, (scores, expand) in units.items()
         }
     if not units:
@@ -130,7 +131,7 @@ def compute_masks(
     sparsity = next(iter(targets.values()))
     device = next(iter(units.values()))[0].device
     pooled = torch.cat([scores.to(device) for scores, _ in units.values()])
-    keep = _keep_highest(pooled, units_to_prune(sparsity, pooled.numel()))
+    keep = keep_highest(pooled, units_to_prune(sparsity, pooled.numel()))
     result: dict[str, torch.Tensor] = {}
     offset = 0
     for name, (scores, expand) in units.items():
