@@ -1,0 +1,208 @@
+"""sparse_conv2d: the CPU direct convolution against F.conv2d, autograd, opcheck, argument errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsemia import SparseWeight
+from sparsemia.ops import BackendUnavailableError, sparse_conv2d
+
+pytest.importorskip("sparsemia._C")
+
+
+def pruned_kernel(cout, cin_g, kh, kw, sparsity, dtype=torch.float32, empty_channels=0):
+    w = torch.randn(cout, cin_g, kh, kw, dtype=dtype)
+    w[torch.rand(w.shape) < sparsity] = 0
+    w[:empty_channels] = 0
+    return w
+
+
+def tolerance(dtype, fan_in):
+    return (1e-4 * max(1.0, fan_in**0.5), 1e-5) if dtype == torch.float32 else (1e-10, 1e-12)
+
+
+# (B, Cin, Cout, H, W, k, stride, padding, dilation, groups): every path of the
+# kernel: wide rows (Bt = 1), narrow rows with the batch innermost (B > 1, Wo < 16)
+# and its last, smaller chunk, stride phases, dilation, groups, depthwise, 1x1
+# read in place, non-square kernels, rows narrower than any vector.
+SHAPES = [
+    (2, 3, 8, 20, 18, (3, 3), 1, 1, 1, 1),
+    (1, 8, 16, 9, 9, (3, 3), 2, 1, 1, 1),
+    (19, 8, 12, 6, 5, (3, 3), 1, 1, 1, 1),
+    (33, 16, 8, 4, 4, (3, 3), 1, 1, 1, 1),
+    (4, 6, 6, 11, 13, (3, 3), 1, 2, 2, 3),
+    (5, 8, 8, 16, 17, (3, 3), 2, 1, 1, 8),
+    (3, 12, 10, 12, 12, (1, 1), 1, 0, 1, 1),
+    (20, 12, 10, 5, 5, (1, 1), 2, 0, 1, 1),
+    (2, 4, 6, 15, 21, (5, 3), (3, 2), (2, 0), (1, 2), 2),
+    (2, 5, 7, 10, 9, (2, 4), 1, (0, 1), 1, 1),
+    (1, 4, 4, 3, 2, (3, 1), 1, 1, 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_matches_conv2d(isa, shape, dtype):
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    w = pruned_kernel(cout, cin // groups, *k, 0.7, dtype, empty_channels=1)
+    x = torch.randn(B, cin, H, W, dtype=dtype)
+    bias = torch.randn(cout, dtype=dtype)
+    y = sparse_conv2d(x, SparseWeight.from_dense(w), bias, stride, padding, dilation, groups, backend="cpu")
+    ref = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+    atol, rtol = tolerance(dtype, w[0].numel())
+    torch.testing.assert_close(y, ref, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "nm", "bsr"])
+def test_formats_and_backends_agree(fmt):
+    w = pruned_kernel(8, 4, 3, 3, 0.5)
+    if fmt == "nm":
+        w = w.reshape(8, -1)
+        w = w * (torch.arange(36) % 4 < 2)  # 2:4 along each row
+        w = w.reshape(8, 4, 3, 3)
+    sw = SparseWeight.from_dense(w, format=fmt)
+    x = torch.randn(3, 4, 10, 10)
+    ref = F.conv2d(x, w, padding=1)
+    torch.testing.assert_close(sparse_conv2d(x, sw, padding=1, backend="reference"), ref)
+    if fmt == "bsr":
+        with pytest.raises(BackendUnavailableError, match="BSR"):
+            sparse_conv2d(x, sw, padding=1, backend="cpu")
+    else:
+        torch.testing.assert_close(sparse_conv2d(x, sw, padding=1, backend="cpu"), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse_conv2d(x, sw, padding=1), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_all_zero_weight_gives_the_bias(isa):
+    w = SparseWeight.from_dense(torch.zeros(5, 3, 3, 3))
+    bias = torch.randn(5)
+    y = sparse_conv2d(torch.randn(2, 3, 8, 8), w, bias, padding=1, backend="cpu")
+    torch.testing.assert_close(y, bias[None, :, None, None].expand(2, 5, 8, 8))
+
+
+def test_non_contiguous_unbatched_and_int64_indices():
+    w = pruned_kernel(6, 4, 3, 3, 0.6)
+    sw = SparseWeight.from_dense(w)
+    x = torch.randn(4, 2, 12, 14).transpose(0, 1)[:, :, ::2, 1:]  # [2, 4, 6, 13], strided
+    torch.testing.assert_close(sparse_conv2d(x, sw, padding=1), F.conv2d(x, w, padding=1), atol=1e-5, rtol=1e-5)
+    x1 = torch.randn(4, 9, 9)
+    torch.testing.assert_close(sparse_conv2d(x1, sw), F.conv2d(x1, w), atol=1e-5, rtol=1e-5)
+    sw64 = SparseWeight("csr", sw.shape, sw.values, sw.crow_indices.long(), sw.col_indices.long())
+    torch.testing.assert_close(sparse_conv2d(x1, sw64), F.conv2d(x1, w), atol=1e-5, rtol=1e-5)
+    xcl = torch.randn(2, 4, 7, 7).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(sparse_conv2d(xcl, sw, padding=1), F.conv2d(xcl, w, padding=1), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_string_padding(padding):
+    for k in (3, 4):
+        w = pruned_kernel(4, 3, k, k, 0.5)
+        x = torch.randn(2, 3, 9, 9)
+        torch.testing.assert_close(
+            sparse_conv2d(x, SparseWeight.from_dense(w), padding=padding, dilation=1),
+            F.conv2d(x, w, padding=padding), atol=1e-5, rtol=1e-5,
+        )
+
+
+GRAD_SHAPES = [
+    (2, 4, 6, 7, 6, (3, 3), 1, 1, 1, 1),
+    (3, 4, 4, 8, 7, (3, 3), 2, 1, 1, 2),
+    (2, 3, 3, 9, 9, (3, 3), 1, 2, 2, 3),
+    (17, 4, 5, 5, 4, (3, 3), 1, 1, 1, 1),
+    (2, 6, 4, 6, 6, (1, 1), 2, 0, 1, 1),
+    (2, 2, 3, 9, 8, (2, 3), (3, 2), (1, 0), (2, 1), 1),
+]
+
+
+@pytest.mark.parametrize("shape", GRAD_SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_gradcheck(shape):
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    w = pruned_kernel(cout, cin // groups, *k, 0.5, torch.float64, empty_channels=1)
+    sw = SparseWeight.from_dense(w)
+    x = torch.randn(B, cin, H, W, dtype=torch.float64, requires_grad=True)
+    values = sw.values.clone().requires_grad_(True)
+    bias = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+
+    def f(x, values, bias):
+        return sparse_conv2d(x, sw.with_values(values), bias, stride, padding, dilation, groups, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, (x, values, bias))
+
+
+def test_gradients_match_dense_conv_and_keep_the_pattern():
+    w = pruned_kernel(8, 4, 3, 3, 0.8)
+    sw = SparseWeight.from_dense(w)
+    values = sw.values.clone().requires_grad_(True)
+    x = torch.randn(3, 4, 9, 9, requires_grad=True)
+    sparse_conv2d(x, sw.with_values(values), stride=2, padding=1).square().sum().backward()
+    wd = w.clone().requires_grad_(True)
+    xd = x.detach().clone().requires_grad_(True)
+    F.conv2d(xd, wd, stride=2, padding=1).square().sum().backward()
+    torch.testing.assert_close(x.grad, xd.grad, atol=1e-4, rtol=1e-4)
+    dense_grad_at_taps = wd.grad.reshape(8, -1)[w.reshape(8, -1) != 0]
+    torch.testing.assert_close(values.grad, dense_grad_at_taps, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [GRAD_SHAPES[0], GRAD_SHAPES[1], GRAD_SHAPES[3], GRAD_SHAPES[5]],
+                         ids=lambda s: "x".join(map(str, s[:5])))
+def test_opcheck(shape):
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    as_pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    sw = SparseWeight.from_dense(pruned_kernel(cout, cin // groups, *k, 0.5, torch.float64))
+    x = torch.randn(B, cin, H, W, dtype=torch.float64)
+    params = (list(k), as_pair(stride), as_pair(padding), as_pair(dilation), groups)
+    values = sw.values.clone().requires_grad_(True)
+    bias = torch.randn(cout, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(torch.ops.sparsemia.csr_conv2d.default,
+                          (x.requires_grad_(True), sw.crow_indices, sw.col_indices, values, bias, *params))
+    y = F.conv2d(x.detach(), sw.to_dense(), None, stride, padding, dilation, groups)
+    torch.library.opcheck(torch.ops.sparsemia.csr_conv2d_weight_grad.default,
+                          (x.detach(), torch.randn_like(y), sw.crow_indices, sw.col_indices, *params))
+
+
+def test_bad_arguments_name_the_argument():
+    sw = SparseWeight.from_dense(pruned_kernel(6, 4, 3, 3, 0.5))
+    x = torch.randn(2, 4, 8, 8)
+    with pytest.raises(TypeError, match="w:"):
+        sparse_conv2d(x, torch.randn(6, 4, 3, 3))
+    with pytest.raises(ValueError, match="w:"):
+        sparse_conv2d(x, SparseWeight.from_dense(torch.randn(6, 36)))
+    with pytest.raises(TypeError, match="x:"):
+        sparse_conv2d(x.double(), sw)
+    with pytest.raises(ValueError, match="x:"):
+        sparse_conv2d(torch.randn(2, 5, 8, 8), sw)
+    with pytest.raises(ValueError, match="x:"):
+        sparse_conv2d(torch.randn(8, 8), sw)
+    with pytest.raises(ValueError, match="x:"):
+        sparse_conv2d(torch.randn(2, 4, 2, 2), sw)
+    with pytest.raises(ValueError, match="groups"):
+        sparse_conv2d(torch.randn(2, 8, 8, 8), sw, groups=2.0)
+    with pytest.raises(ValueError, match="groups"):
+        sparse_conv2d(torch.randn(2, 16, 8, 8), SparseWeight.from_dense(torch.randn(6, 4, 3, 3)), groups=4)
+    with pytest.raises(ValueError, match="stride"):
+        sparse_conv2d(x, sw, stride=0)
+    with pytest.raises(ValueError, match="padding"):
+        sparse_conv2d(x, sw, padding=-1)
+    with pytest.raises(ValueError, match="padding"):
+        sparse_conv2d(x, sw, padding="full")
+    with pytest.raises(ValueError, match="padding"):
+        sparse_conv2d(x, sw, padding="same", stride=2)
+    with pytest.raises(ValueError, match="dilation"):
+        sparse_conv2d(x, sw, dilation=(1, 2, 3))
+    with pytest.raises(ValueError, match="bias"):
+        sparse_conv2d(x, sw, torch.randn(5))
+    with pytest.raises(ValueError, match="backend"):
+        sparse_conv2d(x, sw, backend="tpu")
+
+
+def test_the_operator_checks_its_raw_inputs():
+    sw = SparseWeight.from_dense(pruned_kernel(4, 2, 3, 3, 0.3))
+    x = torch.randn(1, 2, 5, 5)
+    op = torch.ops.sparsemia.csr_conv2d
+    bad_col = sw.col_indices.clone()
+    bad_col[0] = 18
+    with pytest.raises(RuntimeError, match="out of range"):
+        op(x, sw.crow_indices, bad_col, sw.values, None, [3, 3], [1, 1], [0, 0], [1, 1], 1)
+    with pytest.raises(RuntimeError, match="groups"):
+        op(x, sw.crow_indices, sw.col_indices, sw.values, None, [3, 3], [1, 1], [0, 0], [1, 1], 3)
