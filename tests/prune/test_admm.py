@@ -123,3 +123,15 @@ def test_lenet5_admm_90_percent_within_two_points_of_dense():
     assert sm.prune.sparsity_report(model).sparsity == pytest.approx(0.9, abs=1e-4)
     assert result.residuals[-1] < 0.5 * result.residuals[0]
     assert pruned_accuracy >= dense_accuracy - 0.02, (dense_accuracy, pruned_accuracy)
+
+
+def test_filter_admm_gives_a_shrinkable_model(small_net, batch):
+    data = TensorDataset(*batch)
+    result = sm.prune.admm(small_net, loader(data, 8), 0.5, structure="filter", rho=0.1, rounds=3, retrain_epochs=1)
+    assert len(result.residuals) == 3
+    small_net.eval()
+    with torch.no_grad():
+        expected = small_net(batch[0])
+    small = sm.prune.shrink(small_net)
+    assert [small.features[0].out_channels, small.features[3].out_channels, small.classifier[1].out_features] == [4, 8, 16]
+    torch.testing.assert_close(small(batch[0]), expected)
