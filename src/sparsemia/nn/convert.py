@@ -105,6 +105,17 @@ def _layer_inputs(model: nn.Module, example_input: torch.Tensor, names: list[str
     return inputs
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    # torch.nn.utils.prune leaves `weight` as a plain attribute holding a graph
+    # non-leaf (weight_orig * weight_mask), which deepcopy refuses: copy it detached.
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     if name == "":
         return new
@@ -146,7 +157,7 @@ def sparsify(
     if format not in ("auto", "csr", "bsr", "nm"):
         raise ValueError(f"format: expected 'auto', 'csr', 'bsr' or 'nm', got {format!r}")
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _copy(model)
     fmt = "csr" if format == "auto" else format
     candidates: dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor | None, float]] = {}
     for name, module in model.named_modules():
@@ -185,7 +196,7 @@ def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _copy(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, _SPARSE_TYPES):
             dense = module.to_dense()
