@@ -180,6 +180,7 @@ def shadow_model_attack(
     per_class: bool = False,
     hidden: tuple[int, ...] = (64,),
     max_iter: int = 300,
+    max_records: int | None = None,
     seed: int = 0,
 ) -> AttackResult:
     """Shokri et al. (2017)'s shadow-model attack.
@@ -190,6 +191,8 @@ def shadow_model_attack(
     (``per_class=False``); with ``per_class=True`` one attack model per class, as
     in the paper, on the sorted vector. Attack models are small MLPs
     (scikit-learn's ``MLPClassifier``); scores are their member probabilities.
+    Shadow records are balanced (as many members as non-members, at most
+    ``max_records`` in all when given) by random subsampling.
     """
     from sklearn.neural_network import MLPClassifier
 
@@ -210,6 +213,10 @@ def shadow_model_attack(
     members = np.flatnonzero(shadow.is_member)
     non_members = np.flatnonzero(~shadow.is_member)
     n = min(members.size, non_members.size)
+    if max_records is not None:
+        if max_records < 2:
+            raise ValueError(f"max_records: expected at least 2, got {max_records}")
+        n = min(n, max_records // 2)
     keep = np.concatenate([rng.choice(members, n, replace=False), rng.choice(non_members, n, replace=False)])
     sx, sy, sm = shadow.logits[keep], shadow.labels[keep], shadow.is_member[keep]
 

@@ -229,6 +229,11 @@ class StackedModel(nn.Module):
             if isinstance(layer, StackedConv2d) and h.dim() == 4 and h.device.type == "cpu":
                 # oneDNN's grouped convolution is fastest channels-last on CPU
                 h = h.contiguous(memory_format=torch.channels_last)
+            if isinstance(layer, nn.ReLU) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.MaxPool2d):
+                # max-pool first, then ReLU on 4× fewer values: equal, since ReLU is monotone
+                h = layers[i + 1](h).relu_()
+                i += 2
+                continue
             h = layer(h)
             i += 1
         if h.dim() != 3:

@@ -123,10 +123,20 @@ def deterministic_mode(enabled: bool = True) -> Iterator[None]:
 
 
 def make_optimizer(params: Sequence[nn.Parameter] | Iterator[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """The optimizer ``config`` names (SGD with momentum or Adam, with weight decay)."""
+    """The optimizer ``config`` names (SGD with momentum or Adam, with weight decay).
+
+    The fused implementation is used where torch has one (one pass over memory per
+    step matters for stacked models with millions of parameters).
+    """
+    params = list(params)
+    cls = torch.optim.SGD if config.optimizer == "sgd" else torch.optim.Adam
+    kwargs: dict = {"lr": config.lr, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        kwargs["momentum"] = config.momentum
+    try:
+        return cls(params, fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return cls(params, **kwargs)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
