@@ -216,10 +216,103 @@ def prune(
     console.print(f"wrote {output_path} and {report_path(output_path)}", highlight=False)
 
 
+@app.command()
+def reproduce(
+    ctx: typer.Context,
+    preset: str = typer.Option("mnist-lenet5", help="Experiment preset (see --list-presets)."),
+    out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Run directory; an existing run with the same config resumes."),
+    quick: bool = typer.Option(False, "--quick", help="The preset's quick variant (about two minutes on two cores)."),
+    seeds: int = typer.Option(1, min=1, help="Repeat the whole pipeline with this many seeds; report mean ± std."),
+    seed: int | None = typer.Option(None, help="First seed (default: the preset's)."),
+    sparsity: float | None = typer.Option(None, help="Sparsity of the pruning defenses (default 0.9)."),
+    defenses: str | None = typer.Option(None, help="Comma-separated defenses (default: none,minmax,magnitude,admm,admm+minmax)."),
+    attacks: str | None = typer.Option(None, help="Comma-separated attacks (default: all)."),
+    num_shadows: int | None = typer.Option(None, help="Shadow models per defense (LiRA's paper: 64+)."),
+    epochs: int | None = typer.Option(None, help="Training epochs of target and shadow models."),
+    data_root: Path | None = typer.Option(None, help="Directory holding non-embedded datasets."),
+    device: str | None = typer.Option(None, help="cpu or cuda[:N] for training (speed is always measured on the CPU)."),
+    executor: str = typer.Option("local", help="local, or ray: shadow-model tasks as Ray tasks."),
+    ray_address: str | None = typer.Option(None, help="Ray cluster address (default: start a local instance)."),
+    force: bool = typer.Option(False, "--force", help="Discard a run with another configuration in --out."),
+    list_presets: bool = typer.Option(False, "--list-presets", help="List the presets and exit."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+) -> None:
+    """Does pruning defend against membership inference, at what cost, and how much faster is the pruned model?
+
+    Trains the target under each defense, trains shadow models with the same
+    defense, runs every attack, and writes results.json, scores/, report.md and
+    plots to --out. A killed run started again with the same --out resumes.
+
+    Examples:
+      sparsemia reproduce --quick --out runs/quick
+      sparsemia reproduce --seeds 3 --out runs/mnist
+      sparsemia reproduce --preset cifar10-vgg16 --data-root ~/data --device cuda --executor ray
+    """
+    from sparsemia.experiments import PRESETS, run_experiment
+    from sparsemia.experiments import preset as get_preset
+
+    if list_presets:
+        for name, cfg in PRESETS.items():
+            console.print(f"{name}: {cfg.dataset}, {cfg.model}, {cfg.target_members} members, {cfg.num_shadows} shadows")
+        return
+    opts = merged(ctx, load_config(config), preset=preset, out=out, quick=quick, seeds=seeds, seed=seed,
+                  sparsity=sparsity, defenses=defenses, attacks=attacks, num_shadows=num_shadows, epochs=epochs,
+                  data_root=data_root, device=device, executor=executor, ray_address=ray_address, force=force,
+                  list_presets=list_presets)
+    name = opts["preset"] + ("-quick" if opts["quick"] and not str(opts["preset"]).endswith("-quick") else "")
+    base = get_preset(name)
+    cfg = base.with_overrides(
+        seed=opts["seed"], sparsity=opts["sparsity"], num_shadows=opts["num_shadows"], epochs=opts["epochs"],
+        device=opts["device"], data_root=None if opts["data_root"] is None else str(opts["data_root"]),
+        defenses=None if opts["defenses"] is None else tuple(_parse_list(opts["defenses"], str, "--defenses")),
+        attacks=None if opts["attacks"] is None else tuple(_parse_list(opts["attacks"], str, "--attacks")),
+    )
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bars.add_task(stage, total=total)
+            bars.update(tasks[stage], completed=done, total=total)
+
+        results = run_experiment(cfg, opts["out"], seeds=opts["seeds"], force=opts["force"],
+                                 executor=opts["executor"], ray_address=opts["ray_address"], progress=progress)
+    _print_results(results)
+    console.print(f"report: {Path(opts['out']) / 'report.md'}")
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    table = Table(title="membership inference against each defense")
+    for col in ("defense", "attack", "test acc", "attack acc", "AUC", "TPR@1%FPR", "sparsity", "speedup"):
+        table.add_column(col, justify="right")
+    for r in results["rows"]:
+        table.add_row(r["defense"], r["attack"], f"{r['target_test_acc']:.1%}", f"{r['attack_acc']:.1%}",
+                      f"{r['auc']:.3f}", f"{r['tpr_at_1pct_fpr']:.1%}", f"{r['sparsity']:.0%}",
+                      f"{r['speedup_vs_dense']:.2f}x")
+    console.print(table)
+
+
+@app.command()
+def report(
+    out: Path = typer.Option(..., "--out", help="A run directory written by 'sparsemia reproduce'."),
+) -> None:
+    """Rewrite report.md and its plots from a run's results.json.
+
+    Example: sparsemia report --out runs/quick
+    """
+    from sparsemia.experiments import write_report
+
+    path = write_report(out)
+    console.print(f"report: {path}")
+
+
 def _parse_list(text: str | list, kind: type, option: str) -> list:
     items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
     try:
-        values = [kind(t) for t in items]
+        values = [kind(t.strip() if isinstance(t, str) else t) for t in items]
     except ValueError as exc:
         raise CLIError(f"{option}: expected comma-separated {kind.__name__} values, got {text!r}") from exc
     if not values:
