@@ -162,3 +162,30 @@ def test_shadow_records_checks():
     rec = ShadowRecords.from_models(np.zeros((2, 4, 3)), np.arange(4) % 3, np.array([[1, 0, 1, 0], [0, 1, 0, 1]]))
     assert rec.logits.shape == (8, 3)
     torch.manual_seed(0)
+
+
+def test_pruned_stacked_shadows_have_their_own_masks():
+    from sparsemia import prune
+    from sparsemia.mia import magnitude_prune_stacked, score_models, train_shadow_models
+    from sparsemia.models import MLP
+    from sparsemia.nn.stacked import stack_models
+    from sparsemia.train import TrainConfig
+
+    torch.manual_seed(0)
+    models = [MLP(6, 3, hidden=(8,)) for _ in range(3)]
+    stack = stack_models(models)
+    masks = magnitude_prune_stacked(stack, 0.5)
+    for m, model in enumerate(models):
+        prune.magnitude(model, sparsity=0.5)  # the single-model algorithm, for comparison
+        layers = [mod for mod in model.modules() if isinstance(mod, torch.nn.Linear)]
+        for layer, stacked_mask in zip(layers, masks, strict=True):
+            assert torch.equal(prune.get_mask(layer, "weight").to(stacked_mask.dtype), stacked_mask[m])
+    assert not torch.equal(masks[0][0], masks[0][1])
+    x = torch.randn(40, 6)
+    y = torch.randint(0, 3, (40,))
+    inclusion = lira_inclusion(4, 40, seed=0)
+    shadows = train_shadow_models(lambda: MLP(6, 3, hidden=(8,)), x, y, inclusion, TrainConfig(epochs=2, batch_size=8),
+                                  prune_sparsity=0.5, prune_finetune_epochs=1)
+    for _, layer in shadows.stack.stacked_layers():
+        assert float((layer.effective_weight() == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
+    assert score_models(shadows, x).shape == (4, 40, 3)

@@ -33,6 +33,7 @@ from sparsemia.mia.shadow import (
     build_stack,
     disjoint_inclusion,
     lira_inclusion,
+    magnitude_prune_stacked,
     score_models,
     train_shadow_models,
 )
@@ -59,4 +60,5 @@ __all__ = [
     "build_stack",
     "train_shadow_models",
     "score_models",
+    "magnitude_prune_stacked",
 ]

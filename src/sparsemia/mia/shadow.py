@@ -31,6 +31,7 @@ __all__ = [
     "build_stack",
     "train_shadow_models",
     "score_models",
+    "magnitude_prune_stacked",
 ]
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ def train_shadow_models(
     num_classes: int | None = None,
     masks: Sequence[torch.Tensor | None] | None = None,
     models_per_stack: int | None = None,
+    prune_sparsity: float | None = None,
+    prune_finetune_epochs: int = 5,
     seed: int = 0,
 ) -> ShadowModels:
     """Train ``M = inclusion.shape[0]`` shadow models like the target.
@@ -116,8 +119,11 @@ def train_shadow_models(
     defense (or ``NoDefense``) the models train together as stacked models of
     at most ``models_per_stack`` (default all); ``masks`` (one stacked
     ``[M, *weight_shape]`` per conv/linear layer) give each model its own fixed
-    pruning mask. With another defense each model is trained by
-    ``defense.train`` in turn, exactly as the target was.
+    pruning mask. ``prune_sparsity`` prunes the stacked models after training,
+    each by its own weight magnitudes (:func:`magnitude_prune_stacked`), and
+    fine-tunes them with fixed masks for ``prune_finetune_epochs`` (the stacked
+    counterpart of ``Pruning("magnitude")``). With another defense each model
+    is trained by ``defense.train`` in turn, exactly as the target was.
     """
     inclusion = np.asarray(inclusion).astype(bool)
     if inclusion.ndim != 2 or inclusion.shape[1] != features.shape[0]:
@@ -149,7 +155,40 @@ def train_shadow_models(
             raise ValueError("masks: per-model masks need an architecture supported by stack_models")
         stack.set_masks(masks)
     fit_stacked(stack, features, labels, inclusion, config, num_classes=num_classes)
+    if prune_sparsity is not None:
+        if not isinstance(stack, StackedModel):
+            raise ValueError("prune_sparsity: stacked pruning needs an architecture supported by stack_models")
+        magnitude_prune_stacked(stack, prune_sparsity)
+        if prune_finetune_epochs > 0:
+            from dataclasses import replace
+
+            finetune = replace(config, epochs=prune_finetune_epochs, seed=config.seed + 1)
+            fit_stacked(stack, features, labels, inclusion, finetune, num_classes=num_classes)
     return ShadowModels(stack, None, inclusion)
+
+
+def magnitude_prune_stacked(stack: StackedModel, sparsity: float, **plan_kwargs) -> list[torch.Tensor]:
+    """Give every model of ``stack`` its own magnitude-pruning masks, as ``sparsemia.prune.magnitude``
+    would compute them for that model alone (``plan_kwargs``: ``scope``, ``structure``, ``exclude``...).
+
+    Returns the stacked masks (one ``[M, *weight_shape]`` per conv/linear layer), already set on ``stack``.
+    """
+    from sparsemia.prune.magnitude import plan_masks as plan_masks_for
+
+    layers = [layer for _, layer in stack.stacked_layers()]
+    per_layer: list[list[torch.Tensor]] = [[] for _ in layers]
+    for m in range(stack.num_models):
+        single = stack.unstack(m)
+        masks = plan_masks_for(single, sparsity, **plan_kwargs)
+        names = [name for name, mod in single.named_modules() if isinstance(mod, nn.Conv2d | nn.Linear)]
+        if len(names) != len(layers):
+            raise ValueError("stack: its conv/linear layers do not match the unstacked model's")
+        for j, name in enumerate(names):
+            mask = masks.get(name)
+            per_layer[j].append(torch.ones_like(layers[j].weight[m]) if mask is None else mask.to(layers[j].weight.dtype))
+    stacked = [torch.stack(ms) for ms in per_layer]
+    stack.set_masks(stacked)
+    return stacked
 
 
 def _reseed(config: TrainConfig, offset: int) -> TrainConfig:
