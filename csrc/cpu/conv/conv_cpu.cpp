@@ -110,18 +110,24 @@ void tap_offsets(const Tensor& crow, const Tensor& col, const Geometry& g, const
               int64_t(rp[0]), " .. ", int64_t(rp[M]));
   crow64.resize(M + 1);
   offset.resize(nnz);
+  // Offsets of the K kernel columns within one group, computed once: the
+  // per-entry loop below is then a lookup, with no division per stored tap.
   const int64_t kk = g.kh * g.kw;
+  std::vector<int64_t> column_offset(K);
+  for (int64_t c = 0; c < K; ++c) {
+    const int64_t ci = c / kk, t = c % kk;
+    const int64_t ry = (t / g.kw) * g.dh, rx = (t % g.kw) * g.dw;
+    column_offset[c] = ci * pk.plane + ((ry % g.sh) * g.sw + rx % g.sw) * pk.phase + (ry / g.sh) * g.Wq * pk.bt +
+                       (rx / g.sw) * pk.bt;
+  }
   for (int64_t co = 0; co < M; ++co) {
     crow64[co] = rp[co];
     TORCH_CHECK(rp[co + 1] >= rp[co], op, ": crow must be non-decreasing");
-    const int64_t ci_base = (co / g.cout_g) * g.cin_g;
+    const int64_t group_offset = (co / g.cout_g) * g.cin_g * pk.plane;
     for (int64_t q = rp[co]; q < rp[co + 1]; ++q) {
       const int64_t c = cp[q];
       TORCH_CHECK(c >= 0 && c < K, op, ": column index ", c, " out of range [0, ", K, ")");
-      const int64_t ci = ci_base + c / kk, t = c % kk;
-      const int64_t ry = (t / g.kw) * g.dh, rx = (t % g.kw) * g.dw;
-      offset[q] = int32_t(ci * pk.plane + ((ry % g.sh) * g.sw + rx % g.sw) * pk.phase + (ry / g.sh) * g.Wq * pk.bt +
-                          (rx / g.sw) * pk.bt);
+      offset[q] = int32_t(group_offset + column_offset[c]);
     }
   }
   crow64[M] = rp[M];
@@ -141,10 +147,19 @@ void pack_chunk(const T* x, const Geometry& g, const Packed& pk, int64_t b0, int
         std::memcpy(drow + g.pw, srow, g.W * sizeof(T));
         continue;
       }
-      for (int64_t iw = 0; iw < g.W; ++iw) {
-        const int64_t c = iw + g.pw;
-        T* d = drow + (c % g.sw) * pk.phase + (c / g.sw) * bt;
-        for (int64_t bb = 0; bb < bt; ++bb) d[bb] = srow[bb * img + iw];
+      // Padded column c = px + sw * cq holds input column iw = c - pw; walk
+      // each phase px with running indices (no division per element).
+      for (int64_t px = 0; px < g.sw; ++px) {
+        T* dphase = drow + px * pk.phase;
+        int64_t cq = g.pw > px ? (g.pw - px + g.sw - 1) / g.sw : 0;
+        for (int64_t iw = px + g.sw * cq - g.pw; iw < g.W; ++cq, iw += g.sw) {
+          T* d = dphase + cq * bt;
+          if (bt == 1) {
+            *d = srow[iw];
+          } else {
+            for (int64_t bb = 0; bb < bt; ++bb) d[bb] = srow[bb * img + iw];
+          }
+        }
       }
     }
   }
