@@ -254,9 +254,18 @@ class StackedModel(nn.Module):
             h = x.reshape(m, x.shape[1], -1) if isinstance(first, StackedFlatten) else x
         return self._run(h, 0)
 
-    def forward_shared(self, x: torch.Tensor, chunk_size: int = 64) -> torch.Tensor:
-        """All models on the same inputs ``[B, *sample_shape]`` → ``[M, B, classes]``."""
+    def forward_shared(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+        """All models on the same inputs ``[B, *sample_shape]`` → ``[M, B, classes]``.
+
+        Convolutional models run ``chunk_size`` inputs at a time (default: 32 on the
+        CPU, where the ``M``-times wider activations of small chunks stay in cache;
+        the whole batch elsewhere).
+        """
         first = self.layers[0]
+        if chunk_size is None:
+            chunk_size = 32 if x.device.type == "cpu" else max(x.shape[0], 1)
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
         if isinstance(first, StackedConv2d):
             outs = [self._forward_shared_conv(x[s : s + chunk_size]) for s in range(0, x.shape[0], chunk_size)]
             return torch.cat(outs, dim=1)
@@ -297,7 +306,8 @@ class StackedModel(nn.Module):
                     torch.maximum(pooled, out, out=pooled)
         assert pooled is not None
         if conv.bias is not None:
-            pooled = pooled + conv.bias.reshape(1, -1)
+            bias = conv.bias.reshape(1, -1)
+            pooled = pooled + bias if track_grad else pooled.add_(bias)
         pooled = pooled.relu_()
         h = pooled.reshape(batch, ho, wo, -1).permute(0, 3, 1, 2)  # channels-last [B, M*O, Ho, Wo]
         return self._run(h, 3)
