@@ -70,6 +70,7 @@ def test_metric_attacks_orientation_and_thresholds(metric):
         metric_attack(metric, target.logits, target.labels, shadow, num_classes=10)
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 @pytest.mark.parametrize("per_class", [False, True])
 def test_shadow_model_attack(per_class):
     shadow, target = _records(seed=2), _records(seed=3)
