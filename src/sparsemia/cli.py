@@ -309,6 +309,99 @@ def report(
     console.print(f"report: {path}")
 
 
+@app.command()
+def train(
+    ctx: typer.Context,
+    output: Path = typer.Option(..., "--output", "-o", help="The trained model; splits and record go beside it."),
+    model: str = typer.Option("lenet5", help="lenet5, vgg16, resnet18, mobilenetv2 or mlp."),
+    data: str = typer.Option("mnist-embedded", help="Dataset name (see sparsemia.data.DATASETS)."),
+    data_root: Path | None = typer.Option(None, help="Directory holding non-embedded datasets."),
+    download: bool = typer.Option(False, "--download", help="Download a torchvision dataset into --data-root."),
+    members: int = typer.Option(250, min=1, help="Target training set size (members)."),
+    test: int = typer.Option(1000, min=0, help="Test examples for the target's accuracy."),
+    reference: int = typer.Option(0, min=0, help="Defender's reference examples (needed by Min-Max)."),
+    splits: Path | None = typer.Option(None, help="Reuse splits saved by an earlier run."),
+    defense: str = typer.Option("none", help="none, minmax, magnitude, admm, magnitude+minmax, admm+minmax, dpsgd."),
+    sparsity: float = typer.Option(0.9, help="Sparsity of the pruning defenses."),
+    lam: float = typer.Option(1.0, help="Min-Max: weight of the adversary's gain."),
+    epochs: int = typer.Option(40, min=0, help="Training epochs (no early stopping)."),
+    batch_size: int = typer.Option(32, min=1, help="Batch size."),
+    optimizer: str = typer.Option("adam", help="adam or sgd."),
+    lr: float = typer.Option(1e-3, help="Learning rate."),
+    weight_decay: float = typer.Option(0.0, help="Weight decay."),
+    augment: bool = typer.Option(False, "--augment", help="Random crops (and flips with --hflip) for images."),
+    hflip: bool = typer.Option(False, "--hflip", help="Horizontal flips when augmenting."),
+    seed: int = typer.Option(0, help="Seed of the splits, initialisation and data order."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+) -> None:
+    """Train a target model under a defense; save it with its splits.
+
+    Examples:
+      sparsemia train -o runs/lenet.pt --members 250 --epochs 40
+      sparsemia train -o runs/lenet-mm.pt --defense minmax --reference 500 --lam 2
+    """
+    from sparsemia.train import TrainConfig
+    from sparsemia.train.cli import train_target
+
+    opts = merged(ctx, load_config(config), output=output, model=model, data=data, data_root=data_root,
+                  download=download, members=members, test=test, reference=reference, splits=splits,
+                  defense=defense, sparsity=sparsity, lam=lam, epochs=epochs, batch_size=batch_size,
+                  optimizer=optimizer, lr=lr, weight_decay=weight_decay, augment=augment, hflip=hflip, seed=seed)
+    cfg = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], optimizer=opts["optimizer"], lr=opts["lr"],
+                      weight_decay=opts["weight_decay"], augment=opts["augment"], hflip=opts["hflip"], seed=opts["seed"])
+    name = opts["defense"]
+    options: dict[str, Any] = {}
+    if name in ("magnitude", "admm", "magnitude+minmax", "admm+minmax"):
+        options["sparsity"] = opts["sparsity"]
+    if "minmax" in name:
+        options["lam"] = opts["lam"]
+    with console.status("training"):
+        record = train_target(Path(opts["output"]), model=opts["model"], data=opts["data"], data_root=opts["data_root"],
+                              download=opts["download"], members=opts["members"], test=opts["test"],
+                              reference=opts["reference"], splits=opts["splits"], defense=name,
+                              defense_options=options, config=cfg)
+    console.print(f"train accuracy {record['train_accuracy']:.1%}, test accuracy {record.get('test_accuracy', float('nan')):.1%}; "
+                  f"wrote {opts['output']}", highlight=False)
+
+
+@app.command()
+def attack(
+    ctx: typer.Context,
+    model_path: Path = typer.Argument(..., help="A model written by 'sparsemia train'."),
+    out: Path = typer.Option(..., "--out", help="Directory for metrics.json and scores/."),
+    attacks: str | None = typer.Option(None, help="Comma-separated attacks (default: all)."),
+    num_shadows: int = typer.Option(16, min=1, help="Shadow / reference models (LiRA's paper: 64+)."),
+    data_root: Path | None = typer.Option(None, help="Directory holding non-embedded datasets."),
+    n_bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples for 95% intervals."),
+    seed: int = typer.Option(0, help="Seed of the shadow models' subsets and initialisation."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file with any of these options."),
+) -> None:
+    """Attack a trained model with stacked shadow models; print and save the metrics.
+
+    Examples:
+      sparsemia attack runs/lenet.pt --out runs/lenet-attack --num-shadows 64
+      sparsemia attack runs/lenet.pt --out runs/a --attacks loss,lira_online,rmia_offline
+    """
+    from sparsemia.mia.cli import attack_saved_model
+
+    opts = merged(ctx, load_config(config), model_path=model_path, out=out, attacks=attacks, num_shadows=num_shadows,
+                  data_root=data_root, n_bootstrap=n_bootstrap, seed=seed)
+    names = _parse_list(opts["attacks"], str, "--attacks") if opts["attacks"] else None
+    with console.status(f"training {opts['num_shadows']} shadow models and attacking"):
+        results = attack_saved_model(Path(opts["model_path"]), Path(opts["out"]), attacks=names,
+                                     num_shadows=opts["num_shadows"], data_root=opts["data_root"],
+                                     n_bootstrap=opts["n_bootstrap"], seed=opts["seed"])
+    table = Table(title=f"membership inference against {opts['model_path']}")
+    for col in ("attack", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "attack acc", "advantage"):
+        table.add_column(col, justify="right")
+    for name, m in results.items():
+        lo, hi = m["ci95"].get("auc", (float("nan"), float("nan")))
+        table.add_row(name, f"{m['auc']:.3f}", f"{lo:.3f}-{hi:.3f}", f"{m['tpr_at_1pct_fpr']:.1%}",
+                      f"{m['tpr_at_0.1pct_fpr']:.1%}", f"{m['attack_acc']:.1%}", f"{m['advantage']:.3f}")
+    console.print(table)
+    console.print(f"wrote {Path(opts['out']) / 'metrics.json'} and scores/", highlight=False)
+
+
 def _parse_list(text: str | list, kind: type, option: str) -> list:
     items = text if isinstance(text, list) else [t for t in str(text).split(",") if t.strip()]
     try:

@@ -383,6 +383,8 @@ def rmia(
         raise ValueError(f"reference_logits / reference_in: expected [M, {z.shape[0]}, {z.shape[1]}] and [M, {z.shape[0]}]")
     if pref.shape[1:] != pz.shape or pref.shape[0] != ref.shape[0]:
         raise ValueError(f"population_reference_logits: expected [{ref.shape[0]}, {pz.shape[0]}, {pz.shape[1]}]")
+    if pz.shape[0] == 0:
+        raise ValueError("population_target_logits: RMIA needs at least one population sample z")
     pop_in = (
         np.zeros(pref.shape[:2], dtype=bool)
         if population_reference_in is None

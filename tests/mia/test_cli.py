@@ -1,0 +1,32 @@
+"""`sparsemia train` and `sparsemia attack` end to end on tiny settings."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from sparsemia.cli import main
+from sparsemia.mia import load_scores
+
+
+def test_train_then_attack(tmp_path):
+    model = tmp_path / "lenet.pt"
+    assert main(["train", "-o", str(model), "--members", "40", "--test", "100", "--epochs", "2", "--seed", "3"]) == 0
+    record = json.loads((tmp_path / "lenet.pt.train.json").read_text())
+    assert record["train_config"]["seed"] == 3 and 0.0 <= record["test_accuracy"] <= 1.0
+    out = tmp_path / "attack"
+    code = main(["attack", str(model), "--out", str(out), "--num-shadows", "4",
+                 "--attacks", "loss,lira_online,lira_offline,rmia_offline,shadow", "--n-bootstrap", "10"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())["attacks"]
+    assert set(metrics) == {"loss", "lira_online", "lira_offline", "rmia_offline", "shadow"}
+    score, is_member, index = load_scores(out / "scores" / "lira_online.npz")
+    assert metrics["lira_online"]["auc"] == roc_auc_score(is_member, score)
+    assert is_member.sum() == 40 and np.unique(index).size == 80
+
+
+def test_attack_errors_are_one_line(tmp_path, capsys):
+    assert main(["attack", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) != 0
+    assert "sparsemia train" in capsys.readouterr().out
