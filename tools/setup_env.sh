@@ -37,6 +37,6 @@ fi
 # Build requirements, since the extension is built against the installed torch
 # (no isolated build environment, which would download a torch of its own).
 pip install -q "setuptools>=69" wheel ninja
-extras=${SPARSEMIA_EXTRAS:-dev,triton}
+extras=${SPARSEMIA_EXTRAS:-dev,triton,ray}
 pip install -q --no-build-isolation -e ".[${extras}]"
 "$venv/bin/python" -c "import sparsemia, sparsemia._C; print('setup: sparsemia', sparsemia.__version__, 'built, CPU ISA', sparsemia._C.best_cpu_isa())"
