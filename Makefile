@@ -18,7 +18,7 @@ $(STAMP): $(SOURCES) tools/setup_env.sh
 	touch $@
 
 demo: setup
-	$(VENV)/bin/sparsemia bench --quick
+	$(VENV)/bin/sparsemia reproduce --quick --out runs/quick
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -29,6 +29,9 @@ test-fast: setup
 bench: setup
 	$(VENV)/bin/sparsemia bench
 	$(PY) -m pytest benchmarks -q --benchmark-only
+
+bench-gpu: setup
+	benchmarks/gpu_check.sh
 
 lint: setup
 	$(VENV)/bin/ruff check .
