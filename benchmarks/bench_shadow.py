@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 
 import numpy as np
@@ -22,6 +23,38 @@ from sparsemia import mia
 from sparsemia.data import load_dataset, make_splits
 from sparsemia.models import LeNet5
 from sparsemia.train import TrainConfig, fit, predict_logits
+
+BATCH = 512
+
+
+def _time_inference(stack, x: torch.Tensor, repeats: int) -> tuple[list[float], list[float], float]:
+    """Seconds per pass over ``x`` for a loop over the unstacked models and for the stack, interleaved."""
+    singles = [m.eval() for m in stack.to_modules()]
+    stack = stack.eval()
+    with torch.no_grad():
+        ref = torch.stack([m(x[:BATCH]) for m in singles])
+        err = float((stack.forward_shared(x[:BATCH]) - ref).abs().max())
+        t_loop, t_batched = [], []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for s in range(0, x.shape[0], BATCH):
+                stack.forward_shared(x[s : s + BATCH])
+            t_batched.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            for s in range(0, x.shape[0], BATCH):
+                for m in singles:
+                    m(x[s : s + BATCH])
+            t_loop.append(time.perf_counter() - t0)
+    return t_loop, t_batched, err
+
+
+def _print_inference(models: int, examples: int, t_loop: list[float], t_batched: list[float], err: float) -> None:
+    ratios = [a / b for a, b in zip(t_loop, t_batched, strict=True)]
+    print(f"inference on {examples} examples, batch {BATCH}, {len(ratios)} interleaved repeats (max |diff| {err:.1e}):")
+    print(f"  loop over {models} models  best {min(t_loop):7.3f} s  median {statistics.median(t_loop):7.3f} s")
+    print(f"  stacked                best {min(t_batched):7.3f} s  median {statistics.median(t_batched):7.3f} s")
+    print(f"  speedup (loop / stacked): best/best {min(t_loop) / min(t_batched):5.2f}x, "
+          f"median of per-repeat ratios {statistics.median(ratios):5.2f}x")
 
 
 def main() -> None:
@@ -33,9 +66,16 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="timing repeats for inference (best of)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats for inference")
+    parser.add_argument("--inference-only", action="store_true",
+                        help="only time inference (untrained models: the cost does not depend on the weights)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.inference_only:
+        x = load_dataset("mnist-embedded").features[:1000]
+        t_loop, t_batched, err = _time_inference(mia.build_stack(LeNet5, args.models, args.seed), x, args.repeats)
+        _print_inference(args.models, x.shape[0], t_loop, t_batched, err)
+        return
 
     data = load_dataset("mnist-embedded")
     splits = make_splits(
@@ -61,25 +101,7 @@ def main() -> None:
     shadow_logits = mia.score_models(shadows, x_u)
     t_score, c_score = time.perf_counter() - t0, time.process_time() - c0
 
-    # batched vs loop inference on the same inputs, same batch size
-    singles = [m.eval() for m in shadows.stack.to_modules()]
-    stack = shadows.stack.eval()
-    batch = 512
-    with torch.no_grad():
-        ref = torch.stack([m(x_u[:batch]) for m in singles])
-        err = float((stack.forward_shared(x_u[:batch]) - ref).abs().max())
-        t_batched, t_loop = float("inf"), float("inf")
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            for s in range(0, x_u.shape[0], batch):
-                stack.forward_shared(x_u[s : s + batch])
-            t_batched = min(t_batched, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            for s in range(0, x_u.shape[0], batch):
-                for m in singles:
-                    m(x_u[s : s + batch])
-            t_loop = min(t_loop, time.perf_counter() - t0)
-
+    t_loop, t_batched, err = _time_inference(shadows.stack, x_u, args.repeats)
     # attacks on the target's candidates
     n_cand = splits.candidates.size
     is_member = splits.candidate_is_member
@@ -100,10 +122,7 @@ def main() -> None:
     print(f"  scoring  {t_score:7.1f} s wall  {c_score:7.1f} s CPU  ({shadow_logits.shape[1]} examples x {args.models} models)")
     print(f"  total    {t_train + t_score:7.1f} s wall = {(t_train + t_score) / 300:.2f} x the 5-minute budget"
           f" (load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
-    print(f"inference on {universe.size} examples, batch {batch}, best of {args.repeats} (max |diff| {err:.1e}):")
-    print(f"  loop over {args.models} models {t_loop:7.3f} s")
-    print(f"  stacked                {t_batched:7.3f} s")
-    print(f"  speedup (loop / stacked) {t_loop / t_batched:5.2f}x")
+    _print_inference(args.models, universe.size, t_loop, t_batched, err)
     print(f"{'attack':28s} {'AUC':>6s} {'TPR@1%':>7s} {'TPR@0.1%':>8s} {'acc':>6s}")
     for res in (loss_res, online, offline, fixed):
         m = mia.attack_metrics(res.scores, is_member, predictions=res.predictions, n_bootstrap=0)
