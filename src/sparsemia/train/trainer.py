@@ -321,13 +321,16 @@ def fit_stacked(
 ) -> TrainHistory:
     """Train a stacked model (:class:`~sparsemia.nn.stacked.StackedModel` or ``FunctionalStack``).
 
-    Model ``m`` trains on ``features[subsets[m]]`` only, with its own data order
-    and augmentation, exactly as :func:`fit` would train it alone (same config,
-    same number of steps per epoch for its subset size; smaller subsets wrap
-    around within the epoch so every model takes ``ceil(max_size / batch)``
-    steps). The loss is the sum of the per-model mean losses, so each model's
-    gradient is its own; SGD and Adam act elementwise, so stacking does not
-    couple the models.
+    Model ``m`` trains on ``features[subsets[m]]`` only, with its own shuffled
+    data order and augmentation and the same config (optimizer, schedule,
+    epochs, batch size) as :func:`fit` uses for a single model. Every model
+    takes ``ceil(max_size / batch)`` steps per epoch; a model whose subset is
+    smaller than the largest wraps around within the epoch (with LiRA's
+    inclusion the sizes differ by a few examples at most). The loss is the sum
+    of the per-model mean losses, so each model's gradient is its own; SGD and
+    Adam act elementwise, so stacking does not couple the models. The data
+    order is not the one :func:`fit` would draw, so numbers match a
+    one-by-one run in distribution, not bit for bit.
 
     Args:
         subsets: boolean inclusion matrix ``[M, N]`` or a list of ``M`` index arrays.
