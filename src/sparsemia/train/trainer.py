@@ -326,7 +326,7 @@ def fit_stacked(
     epochs, batch size) as :func:`fit` uses for a single model. Every model
     takes ``ceil(max_size / batch)`` steps per epoch; a model whose subset is
     smaller than the largest wraps around within the epoch (with LiRA's
-    inclusion the sizes differ by a few examples at most). The loss is the sum
+    inclusion the sizes differ by a few percent). The loss is the sum
     of the per-model mean losses, so each model's gradient is its own; SGD and
     Adam act elementwise, so stacking does not couple the models. The data
     order is not the one :func:`fit` would draw, so numbers match a
