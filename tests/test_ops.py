@@ -53,6 +53,19 @@ def test_every_tile_width_and_tail(isa, N):
         torch.testing.assert_close(sm.ops.sparse_linear(x, w, backend="cpu"), F.linear(x, dense), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("N", [16, 40, 64, 100, 130])
+@pytest.mark.parametrize("sparsity", [0.5, 0.95, 0.995])
+def test_cache_blocked_path(isa, N, sparsity):
+    # K large enough that the kernels block over W's columns (rows of X).
+    dense = random_pruned(70, 1000, sparsity, empty_rows=7)
+    w = SparseWeight.from_dense(dense)
+    x = torch.randn(N, 1000)
+    bias = torch.randn(70)
+    torch.testing.assert_close(sm.ops.sparse_linear(x, w, bias, backend="cpu"), F.linear(x, dense, bias),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(sm.ops.spmm(w, x.t(), backend="cpu"), dense @ x.t(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("sparsity", [0.0, 1.0])
 @pytest.mark.parametrize("fmt,kw", FORMATS[:3])
 def test_fully_dense_and_all_zero(isa, sparsity, fmt, kw):
