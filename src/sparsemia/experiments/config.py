@@ -74,7 +74,7 @@ class ExperimentConfig:
     # defenses
     minmax_lambda: float = 1.0
     minmax_k: int = 1
-    finetune_epochs: int = 10
+    finetune_epochs: int = 20
     admm_rounds: int = 6
     admm_rho: float = 0.1
     # attacks
@@ -158,8 +158,7 @@ PRESETS: dict[str, ExperimentConfig] = {
     # A run that finishes in about two minutes on two cores.
     "mnist-lenet5-quick": replace(
         _MNIST, preset="mnist-lenet5-quick", target_members=250, target_non_members=250, defense_reference=250,
-        test_size=500, attacker_reference=250, num_shadows=4, shadows_per_task=4, finetune_epochs=8,
-        admm_rounds=4, n_bootstrap=100,
+        test_size=500, attacker_reference=250, num_shadows=4, shadows_per_task=4, n_bootstrap=100,
     ),
     "cifar10-vgg16": replace(
         _MNIST, preset="cifar10-vgg16", dataset="cifar10", model="vgg16", target_members=10000,
