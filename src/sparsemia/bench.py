@@ -114,13 +114,14 @@ def bench_linear(
             for batch in batches:
                 x = torch.randn(batch, size, generator=generator).to(dtype)
                 min_time = 2e-3
-                dense_s = median_time(lambda: F.linear(x, dense), repeat, min_time)
-                torch_csr_s = median_time(lambda: torch.mm(torch_csr, x.t()), repeat, min_time)
-                csr_s = median_time(lambda: ops.sparse_linear(x, csr, backend="cpu"), repeat, min_time)
+                # Defaults bind this iteration's tensors into the timed closures.
+                dense_s = median_time(lambda x=x, d=dense: F.linear(x, d), repeat, min_time)
+                torch_csr_s = median_time(lambda x=x, t=torch_csr: torch.mm(t, x.t()), repeat, min_time)
+                csr_s = median_time(lambda x=x, w=csr: ops.sparse_linear(x, w, backend="cpu"), repeat, min_time)
                 error = float((ops.sparse_linear(x, csr, backend="cpu") - F.linear(x, dense)).abs().max())
                 best_block, bsr_s = "-", float("inf")
                 for block, (block_dense, bsr) in block_weights.items():
-                    t = median_time(lambda bsr=bsr: ops.sparse_linear(x, bsr, backend="cpu"), repeat, min_time)
+                    t = median_time(lambda x=x, w=bsr: ops.sparse_linear(x, w, backend="cpu"), repeat, min_time)
                     error = max(error, float((ops.sparse_linear(x, bsr, backend="cpu") - F.linear(x, block_dense)).abs().max()))
                     if t < bsr_s:
                         best_block, bsr_s = f"{block[0]}x{block[1]}", t
