@@ -8,11 +8,12 @@ from torch import nn
 
 from sparsemia import ops
 from sparsemia.formats import SparseWeight
+from sparsemia.nn._base import SparseWeightModule
 
 __all__ = ["SparseConv2d"]
 
 
-class SparseConv2d(nn.Module):
+class SparseConv2d(SparseWeightModule):
     """``y = conv2d(x, W) + b`` with ``W`` ``[Cout, Cin/groups, kh, kw]`` stored sparsely.
 
     As in :class:`~sparsemia.nn.SparseLinear`, the stored values are the only
@@ -59,19 +60,8 @@ class SparseConv2d(nn.Module):
         self.dilation = _as_pair(dilation)
         self.groups = groups
         self.padding_mode = padding_mode
-        self.format = weight.format
-        self.block = weight.block
-        self.n, self.m = weight.n, weight.m
         self.backend = backend
-        self.values = nn.Parameter(weight.values.detach().clone())
-        self.register_buffer("crow_indices", None if weight.crow_indices is None else weight.crow_indices.clone())
-        self.register_buffer("col_indices", weight.col_indices.clone())
-        if bias is not None:
-            if tuple(bias.shape) != (self.out_channels,):
-                raise ValueError(f"bias: expected shape ({self.out_channels},), got {tuple(bias.shape)}")
-            self.bias = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        self._store_weight(weight, bias, self.out_channels)
 
     @classmethod
     def from_dense(
@@ -105,21 +95,6 @@ class SparseConv2d(nn.Module):
             backend=backend,
         )
 
-    @property
-    def weight(self) -> SparseWeight:
-        """The sparse weight, sharing this module's tensors (gradients flow into ``values``)."""
-        return SparseWeight(
-            self.format,
-            (self.out_channels, self.in_channels // self.groups, *self.kernel_size),
-            self.values,
-            self.crow_indices,
-            self.col_indices,
-            block=self.block,
-            n=self.n,
-            m=self.m,
-            validate=False,
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":
@@ -145,8 +120,6 @@ class SparseConv2d(nn.Module):
         return conv
 
     def extra_repr(self) -> str:
-        w = self.weight
-        fmt = f"bsr{self.block}" if self.format == "bsr" else f"{self.n}:{self.m}" if self.format == "nm" else self.format
         s = f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}"
         if self.padding != (0, 0):
             s += f", padding={self.padding}"
@@ -156,24 +129,7 @@ class SparseConv2d(nn.Module):
             s += f", groups={self.groups}"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
-        return s + f", bias={self.bias is not None}, format={fmt}, sparsity={w.sparsity:.3f}, nnz={w.nnz}"
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        # A checkpoint of the same layer may hold a different number of nonzeros: take its shapes first.
-        for name in ("values", "crow_indices", "col_indices"):
-            key = prefix + name
-            current = getattr(self, name)
-            if key in state_dict and current is not None and state_dict[key].shape != current.shape:
-                incoming = state_dict[key]
-                fresh = torch.empty(incoming.shape, dtype=current.dtype if current.is_floating_point() else incoming.dtype,
-                                    device=current.device)
-                if name == "values":
-                    self.values = nn.Parameter(fresh, requires_grad=current.requires_grad)
-                else:
-                    setattr(self, name, fresh)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        return s + f", {self.format_repr()}"
 
 
 def _as_pair(value: int | tuple[int, ...]) -> tuple[int, int]:

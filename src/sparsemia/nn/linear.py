@@ -7,11 +7,12 @@ from torch import nn
 
 from sparsemia import ops
 from sparsemia.formats import SparseWeight
+from sparsemia.nn._base import SparseWeightModule
 
 __all__ = ["SparseLinear"]
 
 
-class SparseLinear(nn.Module):
+class SparseLinear(SparseWeightModule):
     """``y = x @ W^T + b`` with ``W`` stored sparsely (CSR, BSR or N:M).
 
     The stored values are the only weight parameter, so optimizers never see
@@ -32,19 +33,8 @@ class SparseLinear(nn.Module):
         if len(weight.shape) != 2:
             raise ValueError(f"weight: expected a 2-D weight [out, in], got shape {weight.shape}")
         self.out_features, self.in_features = weight.shape
-        self.format = weight.format
-        self.block = weight.block
-        self.n, self.m = weight.n, weight.m
         self.backend = backend
-        self.values = nn.Parameter(weight.values.detach().clone())
-        self.register_buffer("crow_indices", None if weight.crow_indices is None else weight.crow_indices.clone())
-        self.register_buffer("col_indices", weight.col_indices.clone())
-        if bias is not None:
-            if tuple(bias.shape) != (self.out_features,):
-                raise ValueError(f"bias: expected shape ({self.out_features},), got {tuple(bias.shape)}")
-            self.bias = nn.Parameter(bias.detach().clone())
-        else:
-            self.register_parameter("bias", None)
+        self._store_weight(weight, bias, self.out_features)
 
     @classmethod
     def from_dense(
@@ -64,21 +54,6 @@ class SparseLinear(nn.Module):
         weight = SparseWeight.from_dense(linear.weight.detach(), mask=mask, format=format, block=block, n=n, m=m)
         return cls(weight, None if linear.bias is None else linear.bias.detach(), backend=backend)
 
-    @property
-    def weight(self) -> SparseWeight:
-        """The sparse weight, sharing this module's tensors (gradients flow into ``values``)."""
-        return SparseWeight(
-            self.format,
-            (self.out_features, self.in_features),
-            self.values,
-            self.crow_indices,
-            self.col_indices,
-            block=self.block,
-            n=self.n,
-            m=self.m,
-            validate=False,
-        )
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.sparse_linear(x, self.weight, self.bias, backend=self.backend)
 
@@ -94,27 +69,4 @@ class SparseLinear(nn.Module):
         return linear
 
     def extra_repr(self) -> str:
-        w = self.weight
-        fmt = f"bsr{self.block}" if self.format == "bsr" else f"{self.n}:{self.m}" if self.format == "nm" else self.format
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"format={fmt}, sparsity={w.sparsity:.3f}, nnz={w.nnz}"
-        )
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        # A checkpoint of the same layer may hold a different number of nonzeros
-        # (pruned further, say): take its tensors' shapes before copying.
-        for name in ("values", "crow_indices", "col_indices"):
-            key = prefix + name
-            current = getattr(self, name)
-            if key in state_dict and current is not None and state_dict[key].shape != current.shape:
-                incoming = state_dict[key]
-                fresh = torch.empty(incoming.shape, dtype=current.dtype if current.is_floating_point() else incoming.dtype,
-                                    device=current.device)
-                if name == "values":
-                    self.values = nn.Parameter(fresh, requires_grad=current.requires_grad)
-                else:
-                    setattr(self, name, fresh)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.format_repr()}"
