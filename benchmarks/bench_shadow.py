@@ -22,7 +22,7 @@ import torch
 from sparsemia import mia
 from sparsemia.data import load_dataset, make_splits
 from sparsemia.models import LeNet5
-from sparsemia.train import TrainConfig, fit, predict_logits
+from sparsemia.train import TrainConfig, evaluate, fit, predict_logits
 
 BATCH = 512
 
@@ -114,7 +114,10 @@ def main() -> None:
     offline = mia.lira(target_logits, labels, shadow_logits[:, :n_cand], inclusion[:, :n_cand], online=False)
     fixed = mia.lira(target_logits, labels, shadow_logits[:, :n_cand], inclusion[:, :n_cand], fixed_variance=True)
 
-    print(f"target: {args.members} members, train acc {history.accuracy[-1]:.3f}, test acc {test_acc:.3f}, "
+    members = torch.as_tensor(splits.target_members)
+    train_acc = evaluate(target, data.features[members], data.labels[members])["accuracy"]
+    print(f"target: {args.members} members, train acc {train_acc:.3f} (last epoch, running: "
+          f"{history.accuracy[-1]:.3f}), test acc {test_acc:.3f}, "
           f"trained in {t_target:.1f} s")
     print(f"{args.models} stacked LeNet-5 shadow models on {universe.size} examples "
           f"({int(inclusion.sum(1).mean())} each), {args.epochs} epochs, {torch.get_num_threads()} threads")
