@@ -8,6 +8,7 @@ operators and registers implementations of the public ops:
   tensor cores (:mod:`.bsr`); CSR and N:M weights by row gathers (:mod:`.csr`),
   the fallback when the CUDA extension is not built.
 * ``stacked_sparse_linear``: ``G`` models with their own CSR patterns in one launch.
+* ``sparse_conv2d``: BSR weights by implicit GEMM (:mod:`.conv`).
 * ``masked_linear`` (new, :func:`masked_linear`): dense weights under a block
   mask, for block-sparse training.
 
@@ -24,11 +25,11 @@ import torch.nn.functional as F
 
 from sparsemia.formats import SparseWeight
 
-from . import bsr, csr, masked
+from . import bsr, conv, csr, masked
 from ._common import FLOAT_DTYPES, INTERPRET, device_reason
 from .masked import expand_block_mask, masked_linear
 
-__all__ = ["INTERPRET", "bsr", "csr", "expand_block_mask", "masked", "masked_linear", "stack_csr"]
+__all__ = ["INTERPRET", "bsr", "conv", "csr", "expand_block_mask", "masked", "masked_linear", "stack_csr"]
 
 
 def _weight_reason(w: SparseWeight) -> str | None:
@@ -126,6 +127,7 @@ def _register() -> None:
         priority=lambda x, ws, b: 15.0 if x.is_cuda else -5.0,
     )
     masked.register()
+    conv.register()
 
 
 _register()
