@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsemia import SparseWeight
-from sparsemia.ops import BackendUnavailableError, sparse_conv2d
+from sparsemia.ops import select_backend, sparse_conv2d
 
 pytest.importorskip("sparsemia._C")
 
@@ -66,11 +66,7 @@ def test_formats_and_backends_agree(fmt):
     x = torch.randn(3, 4, 10, 10)
     ref = F.conv2d(x, w, padding=1)
     torch.testing.assert_close(sparse_conv2d(x, sw, padding=1, backend="reference"), ref)
-    if fmt == "bsr":
-        with pytest.raises(BackendUnavailableError, match="BSR"):
-            sparse_conv2d(x, sw, padding=1, backend="cpu")
-    else:
-        torch.testing.assert_close(sparse_conv2d(x, sw, padding=1, backend="cpu"), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(sparse_conv2d(x, sw, padding=1, backend="cpu"), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sparse_conv2d(x, sw, padding=1), ref, atol=1e-5, rtol=1e-5)
 
 
@@ -206,3 +202,60 @@ def test_the_operator_checks_its_raw_inputs():
         op(x, sw.crow_indices, bad_col, sw.values, None, [3, 3], [1, 1], [0, 0], [1, 1], 1)
     with pytest.raises(RuntimeError, match="groups"):
         op(x, sw.crow_indices, sw.col_indices, sw.values, None, [3, 3], [1, 1], [0, 0], [1, 1], 3)
+
+
+# ---- BSR weights on the cpu backend: the CSR kernel on the expanded block pattern.
+
+
+def block_pruned_kernel(cout, cin_g, kh, kw, block, keep, dtype=torch.float32):
+    rows, cols = cout, cin_g * kh * kw
+    mask = torch.rand(-(-rows // block[0]), -(-cols // block[1])) < keep
+    mask = mask.repeat_interleave(block[0], 0).repeat_interleave(block[1], 1)[:rows, :cols]
+    return (torch.randn(rows, cols, dtype=dtype) * mask).reshape(cout, cin_g, kh, kw)
+
+
+@pytest.mark.parametrize("block", [(4, 4), (2, 8), (16, 16), (3, 5)])  # (3, 5): padded last block row and column
+@pytest.mark.parametrize("shape", SHAPES[:2] + SHAPES[4:7], ids=lambda s: "x".join(map(str, s[:5])))
+def test_bsr_on_cpu_matches_reference(shape, block):
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    w = block_pruned_kernel(cout, cin // groups, *k, block, 0.5)
+    sw = SparseWeight.from_dense(w, format="bsr", block=block)
+    x = torch.randn(B, cin, H, W)
+    bias = torch.randn(cout)
+    y = sparse_conv2d(x, sw, bias, stride, padding, dilation, groups, backend="cpu")
+    ref = sparse_conv2d(x, sw, bias, stride, padding, dilation, groups, backend="reference")
+    atol, rtol = tolerance(torch.float32, w[0].numel())
+    torch.testing.assert_close(y, ref, atol=atol, rtol=rtol)
+
+
+def test_bsr_on_cpu_is_the_default_and_handles_an_empty_weight():
+    w = block_pruned_kernel(8, 4, 3, 3, (4, 4), 0.5)
+    x = torch.randn(2, 4, 7, 7)
+    sw = SparseWeight.from_dense(w, format="bsr", block=(4, 4))
+    assert select_backend("sparse_conv2d", x, sw, None, (1, 1), (1, 1), (1, 1), 1).backend == "cpu"
+    empty = SparseWeight.from_dense(torch.zeros(8, 4, 3, 3), format="bsr", block=(4, 4))
+    bias = torch.randn(8)
+    torch.testing.assert_close(sparse_conv2d(x, empty, bias, padding=1, backend="cpu"),
+                               bias[None, :, None, None].expand(2, 8, 7, 7))
+
+
+@pytest.mark.parametrize("block", [(2, 4), (3, 5)])
+def test_bsr_gradcheck_on_cpu(block):
+    w = block_pruned_kernel(5, 3, 3, 3, block, 0.6, torch.float64)
+    sw = SparseWeight.from_dense(w, format="bsr", block=block)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, requires_grad=True)
+    values = sw.values.clone().requires_grad_(True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+
+    def f(x, values, bias):
+        return sparse_conv2d(x, sw.with_values(values), bias, 2, 1, backend="cpu")
+
+    assert torch.autograd.gradcheck(f, (x, values, bias))
+    # Gradients in the BSR layout, equal to the reference backend's (zero in the padding of edge blocks).
+    grads = {}
+    for backend in ("cpu", "reference"):
+        y = sparse_conv2d(x, sw.with_values(values), bias, 2, 1, backend=backend)
+        grads[backend] = torch.autograd.grad(y.square().sum(), (x, values, bias))
+    assert grads["cpu"][1].shape == sw.values.shape
+    for got, ref in zip(grads["cpu"], grads["reference"], strict=True):
+        torch.testing.assert_close(got, ref)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+import torch  # noqa: F401  (loads the libtorch libraries that sparsemia._C links against)
+
 __version__ = "0.1.0"
 
 _SUBMODULES = {"ops", "formats", "nn", "prune", "data", "models", "train", "mia", "experiments", "kernels"}

@@ -7,8 +7,9 @@ matrix ``[Cout, Cin/groups*kh*kw]`` (column ``(ci*kh + ky)*kw + kx``).
 
 Backends: ``reference`` (``F.conv2d`` on the dense weight) and ``cpu`` (the
 direct sparse convolution ``torch.ops.sparsemia.csr_conv2d``; CSR and N:M
-weights). Autograd of the C++ op: the input gradient is a sparse convolution of
-the (zero-inserted, for stride > 1) output gradient with the transposed,
+weights, and BSR expanded to CSR with the explicit zeros of its stored blocks).
+Autograd of the C++ op: the input gradient is a sparse convolution of the
+(zero-inserted, for stride > 1) output gradient with the transposed,
 flipped sparse weight; the weight gradient is computed only at the stored taps
 (``csr_conv2d_weight_grad``).
 """
@@ -81,7 +82,8 @@ def sparse_conv2d(
     Args:
         x: ``[B, Cin, H, W]`` (or unbatched ``[Cin, H, W]``), any strides, the weight's dtype and device.
         w: 4-D sparse weight ``[Cout, Cin/groups, kh, kw]``: CSR or N:M (direct sparse convolution on
-            the CPU), or BSR (blocks of output channels x kernel columns; reference backend).
+            the CPU), or BSR (blocks of output channels x kernel columns; on the CPU the same kernel
+            runs on the BSR pattern expanded to CSR).
         bias: ``[Cout]`` or None.
         stride, dilation: positive int or pair.
         padding: non-negative int or pair (zero padding), ``"valid"``, or ``"same"`` (stride 1 only).
@@ -149,8 +151,40 @@ def _ref_conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
     return F.conv2d(x, w.to_dense(), bias, stride, padding, dilation, groups)
 
 
+# ---- BSR on the cpu backend (marked edit): the CSR kernel runs on the BSR pattern
+# expanded to CSR, explicit zeros inside stored blocks included.
+def _bsr_as_csr(w: SparseWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(crow, col, values)`` CSR of every entry of ``w``'s stored blocks (padding beyond the logical
+    shape dropped). ``values`` is a gather from ``w.values``, so gradients land in its ``[nblocks, r, c]``
+    layout. Derived on each call (O(stored entries), no sort); nothing is cached."""
+    rows, cols = w.matrix_shape
+    br, bc = w.block
+    dev = w.device
+    crow_b, col_b = w.crow_indices.long(), w.col_indices.long()
+    nblocks, nbr = col_b.numel(), crow_b.numel() - 1
+    per_row = crow_b[1:] - crow_b[:-1]
+    block_row = torch.repeat_interleave(torch.arange(nbr, device=dev), per_row, output_size=nblocks)
+    first = crow_b[block_row]  # first block of each block's block row
+    i = torch.arange(br, device=dev)[None, :, None]
+    j = torch.arange(bc, device=dev)[None, None, :]
+    # Position in CSR order (row-major, columns ascending: blocks are sorted within a block row).
+    dest = (first * (br * bc))[:, None, None] + i * (per_row[block_row] * bc)[:, None, None] \
+        + ((torch.arange(nblocks, device=dev) - first) * bc)[:, None, None] + j
+    order = torch.empty(nblocks * br * bc, dtype=torch.int64, device=dev)
+    order[dest.reshape(-1)] = torch.arange(nblocks * br * bc, device=dev)
+    row = (block_row[:, None, None] * br + i).expand(nblocks, br, bc).reshape(-1)[order]
+    col = (col_b[:, None, None] * bc + j).expand(nblocks, br, bc).reshape(-1)[order]
+    if rows % br or cols % bc:
+        keep = (row < rows) & (col < cols)
+        order, row, col = order[keep], row[keep], col[keep]
+    crow = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
+    crow[1:] = torch.cumsum(torch.bincount(row, minlength=rows), 0)
+    idt = torch.int32 if max(col.numel(), cols) < 2**31 - 1 else torch.int64
+    return crow.to(idt), col.to(idt), w.values.reshape(-1)[order]
+
+
 def _cpu_conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    crow, col, values = w.csr()
+    crow, col, values = _bsr_as_csr(w) if w.format == "bsr" else w.csr()
     return torch.ops.sparsemia.csr_conv2d(
         x, crow, col, values, bias, list(w.shape[2:]), list(stride), list(padding), list(dilation), groups
     )
@@ -163,8 +197,6 @@ def _cpu_supports(x, w, bias, *_params) -> str | None:
         return "the cpu backend takes CPU tensors"
     if w.dtype not in _CPU_DTYPES:
         return f"the cpu backend takes float32 or float64, got {w.dtype}"
-    if w.format == "bsr":
-        return "the cpu convolution takes CSR or N:M weights, not BSR"
     return None
 
 
