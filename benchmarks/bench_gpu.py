@@ -1,5 +1,9 @@
 """GPU benchmark of sparsemia's kernels against cuBLAS dense and torch.sparse.
 
+Convolution rows: the Triton block-sparse implicit-GEMM ``sparse_conv2d`` on the
+3x3 layers of VGG-16 / ResNet-18 (CIFAR) at 90% block sparsity, against cuDNN
+dense ``F.conv2d`` (in the "x cuBLAS" column), error against fp64 F.conv2d.
+
 Per kernel and shape: median time over CUDA-event-timed runs, useful TFLOP/s
 (2 * stored entries * columns), speedups over cuBLAS dense (torch.matmul),
 torch's BSR matmul and torch's CSR (cuSPARSE) matmul, and ||out - ref|| / ||ref||
@@ -139,6 +143,37 @@ def bench_stacked(models: int, rows: int, cols: int, batch: int, reps: int, gen:
         ROWS[-1].append(f"{loop_ms / op_ms:.1f}x vs Python loop")
 
 
+# 3x3 convolutions of VGG-16 and ResNet-18 in their CIFAR sizes: (name, Cin, Cout, H=W, stride).
+CONV_LAYERS = [
+    ("vgg16/resnet18 conv 64", 64, 64, 32, 1),
+    ("vgg16/resnet18 conv 128", 128, 128, 16, 1),
+    ("vgg16/resnet18 conv 256", 256, 256, 8, 1),
+    ("vgg16/resnet18 conv 512", 512, 512, 4, 1),
+    ("vgg16 conv 512 (last)", 512, 512, 2, 1),
+    ("resnet18 down 64->128", 64, 128, 32, 2),
+    ("resnet18 down 128->256", 128, 256, 16, 2),
+    ("resnet18 down 256->512", 256, 512, 8, 2),
+]
+
+
+def bench_conv(name: str, cin: int, cout: int, size: int, stride: int, batch: int, dtype: torch.dtype, reps: int,
+               gen: torch.Generator) -> None:
+    """Triton implicit-GEMM BSR convolution (32x32 blocks, 90% of them pruned) against cuDNN dense F.conv2d."""
+    block, density = 32, 0.10
+    mask = block_mask(cout, cin * 9, block, density, gen)
+    dense = (torch.randn(cout, cin * 9, device="cuda", generator=gen) * mask).reshape(cout, cin, 3, 3).to(dtype)
+    x = torch.randn(batch, cin, size, size, device="cuda", generator=gen).to(dtype)
+    w = sm.SparseWeight.from_dense(dense, format="bsr", block=(block, block))
+    ref = torch.nn.functional.conv2d(x.double(), dense.double(), None, stride, 1)
+    out = sm.ops.sparse_conv2d(x, w, None, stride, 1, backend="triton")
+    ms = median_ms(lambda: sm.ops.sparse_conv2d(x, w, None, stride, 1, backend="triton"), reps)
+    dense_ms = median_ms(lambda: torch.nn.functional.conv2d(x, dense, None, stride, 1), reps)
+    npix = batch * ref.shape[2] * ref.shape[3]
+    report(f"conv bsr {block}x{block} (triton)",
+           f"{name}: B{batch} {cin}->{cout} {size}x{size} s{stride}, {1 - w.sparsity:.0%} kept", dtype, ms,
+           2.0 * w.nnz * npix, dense_ms, None, None, rel_err(out, ref))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer repetitions")
@@ -156,6 +191,12 @@ def main() -> int:
     for backend in backends:
         bench_csr(n, torch.float32, reps, gen, backend)
     bench_stacked(64, 256, 784, 128, reps, gen)
+    NOTES.append("conv rows: 'x cuBLAS' is the speedup over cuDNN dense F.conv2d on the same (zero-filled) weight; "
+                 f"fp32 cuDNN may use TF32 (torch.backends.cudnn.allow_tf32={torch.backends.cudnn.allow_tf32})")
+    for dtype in (torch.float16, torch.float32):
+        for batch in ((32,) if args.quick else (1, 32)):
+            for layer in (CONV_LAYERS[:4] if args.quick else CONV_LAYERS):
+                bench_conv(*layer, batch, dtype, reps, gen)
     print("\n| " + " | ".join(HEADER) + " | notes |")
     print("|" + "---|" * (len(HEADER) + 1))
     for row in ROWS:
