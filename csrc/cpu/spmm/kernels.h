@@ -23,8 +23,6 @@ struct CsrArgs {
   T* y;
   int64_t y_rs, y_cs;  // Y element (i, n) lives at y[i * y_rs + n * y_cs]
   const T* bias;       // [M] added to every column, or nullptr
-  int64_t K = 0;       // columns of W (rows of X)
-  int64_t kc = 0;      // column-block width for cache blocking over K (0: none)
 };
 
 // Y[M, N] = W (BSR, blocks R x C, values [nblocks, R, C]) x X[K, N].

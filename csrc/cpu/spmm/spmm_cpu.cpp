@@ -73,18 +73,6 @@ int64_t panel_width(int64_t K, int64_t N, size_t elem) {
   return std::min(w, std::max<int64_t>(N, 1));
 }
 
-// Width of the blocks of W's columns (rows of X) that the kernels keep in L1
-// while a group of rows uses them; 0 when X's panel is small enough already.
-int64_t column_block(int64_t K, int64_t nnz, int64_t M, int64_t width, size_t elem) {
-  const int64_t tile_bytes = K * std::min<int64_t>(width, 64 / int64_t(elem) * 4) * int64_t(elem);
-  if (tile_bytes <= (32 << 10) || M == 0) return 0;
-  // At least about eight nonzeros per row and block, so that loading and
-  // storing a row's partial sums once per block stays cheap.
-  const double per_row = std::max(1.0, double(nnz) / double(M));
-  const int64_t kc = int64_t(8.0 * double(K) / per_row);
-  return std::min(K, std::max<int64_t>(128, (kc + 15) / 16 * 16));
-}
-
 template <typename F>
 void run_parts(int64_t parts, const F& f) {
   if (parts == 1) {
@@ -123,7 +111,7 @@ void csr_matmul(const Tensor& crow, const Tensor& col, const Tensor& values, con
     const int64_t w = std::min(N - n0, P);
     const Tensor panel = pack(n0, w);
     CsrArgs<T, I> args{crow_p, col.data_ptr<I>(), values.data_ptr<T>(), panel.data_ptr<T>(), w, y + n0 * y_cs,
-                       y_rs, y_cs, bias, K, column_block(K, nnz, M, w, sizeof(T))};
+                       y_rs, y_cs, bias};
     run_parts(parts, [&](int64_t t) { kt.csr_rows(args, bounds[t], bounds[t + 1], 0, w); });
   }
 }
