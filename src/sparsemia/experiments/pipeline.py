@@ -163,8 +163,12 @@ def _speed(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     # Measure each layer on its real input so that only layers the sparse kernels speed up are replaced.
     sparse = sparsify(copy.deepcopy(model).eval(), min_sparsity=0.5, example_input=example)
     with torch.no_grad():
-        dense_s = median_time(lambda: dense(example), repeat=7, min_time=5e-3)
-        sparse_s = median_time(lambda: sparse(example), repeat=7, min_time=5e-3)
+        # Interleaved rounds, so that a change in machine load hits both models alike.
+        dense_times, sparse_times = [], []
+        for _ in range(7):
+            dense_times.append(median_time(lambda: dense(example), repeat=1, min_time=5e-3))
+            sparse_times.append(median_time(lambda: sparse(example), repeat=1, min_time=5e-3))
+        dense_s, sparse_s = float(np.median(dense_times)), float(np.median(sparse_times))
         max_diff = float((dense(example) - sparse(example)).abs().max())
     replaced = sum(1 for m in sparse.modules() if type(m).__name__.startswith("Sparse"))
     return {
