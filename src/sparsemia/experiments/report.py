@@ -19,15 +19,15 @@ from sparsemia.experiments.rundir import RunDir
 __all__ = ["write_report"]
 
 
-def _fmt_ci(row: dict[str, Any], key: str, scale: float = 100.0) -> str:
+def _fmt_ci(row: dict[str, Any], key: str, scale: float = 100.0, digits: int = 1) -> str:
     value = row[key] * scale
     ci = (row.get("ci95") or {}).get(key)
     std = row.get(f"{key}_std")
     if std is not None:
-        return f"{value:.1f} ± {std * scale:.1f}"
+        return f"{value:.{digits}f} ± {std * scale:.{digits}f}"
     if ci:
-        return f"{value:.1f} [{ci[0] * scale:.1f}, {ci[1] * scale:.1f}]"
-    return f"{value:.1f}"
+        return f"{value:.{digits}f} [{ci[0] * scale:.{digits}f}, {ci[1] * scale:.{digits}f}]"
+    return f"{value:.{digits}f}"
 
 
 def _png(fig) -> bytes:
@@ -146,7 +146,7 @@ def write_report(out: str | Path) -> Path:
     for r in rows:
         lines.append(
             f"| {r['defense']} | {r['attack']} | {r['target_train_acc'] * 100:.1f} | {r['target_test_acc'] * 100:.1f} | "
-            f"{_fmt_ci(r, 'attack_acc')} | {_fmt_ci(r, 'auc', 1.0)} | {r['tpr_at_1pct_fpr'] * 100:.2f}% | "
+            f"{_fmt_ci(r, 'attack_acc')} | {_fmt_ci(r, 'auc', 1.0, 3)} | {r['tpr_at_1pct_fpr'] * 100:.2f}% | "
             f"{r['tpr_at_0.1pct_fpr'] * 100:.2f}% | {r['sparsity']:.1%} | {int(r['model_bytes']):,} | "
             f"{r['speedup_vs_dense']:.2f}x |"
         )
