@@ -198,6 +198,22 @@ def _atomic_save(obj: object, path: Path) -> None:
         raise
 
 
+def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, history: TrainHistory, epoch: int,
+                     config: TrainConfig) -> None:
+    """Everything needed to resume after ``epoch`` finished epochs, written atomically."""
+    _atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "history": asdict(history),
+            "epoch": epoch,
+            "config": config.fingerprint(),
+        },
+        path,
+    )
+
+
 def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
     if not path.exists():
         return None
@@ -279,17 +295,7 @@ def fit(
             history.accuracy.append(correct / n)
             logger.debug("epoch %d: loss %.4f acc %.4f", epoch, history.loss[-1], history.accuracy[-1])
             if ckpt is not None:
-                _atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "history": asdict(history),
-                        "epoch": epoch + 1,
-                        "config": config.fingerprint(),
-                    },
-                    ckpt,
-                )
+                _save_checkpoint(ckpt, model, optimizer, scheduler, history, epoch + 1, config)
     return history
 
 
@@ -390,17 +396,7 @@ def fit_stacked(
             history.loss.append(total_loss / steps)
             history.accuracy.append(correct / (steps * batch * num_models))
             if ckpt is not None:
-                _atomic_save(
-                    {
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "history": asdict(history),
-                        "epoch": epoch + 1,
-                        "config": config.fingerprint(),
-                    },
-                    ckpt,
-                )
+                _save_checkpoint(ckpt, model, optimizer, scheduler, history, epoch + 1, config)
     return history
 
 
