@@ -15,6 +15,16 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _aten_uses_openmp() -> bool:
+    import sys
+
+    import torch
+
+    if not sys.platform.startswith("linux"):
+        return False
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def _extensions():
     import torch
     from torch.utils import cpp_extension
@@ -24,6 +34,14 @@ def _extensions():
     cu_sources = sorted(glob.glob("csrc/cuda/**/*.cu", recursive=True) + glob.glob("csrc/cuda/**/*.cpp", recursive=True))
     cxx_flags = ["-O3", "-std=c++17", "-ffp-contract=fast", "-fopenmp-simd", "-Wall", "-Wno-unknown-pragmas"]
     define_macros: list[tuple[str, str | None]] = []
+    link_flags: list[str] = []
+    if _aten_uses_openmp():
+        # at::parallel_for is an inline template: with ATen's OpenMP backend it
+        # splits work across threads only in code compiled with -fopenmp (without
+        # it every loop silently runs on one thread). Linking libgomp by soname
+        # binds to the copy torch has already loaded, so both share one pool.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     with_cuda = (
         os.environ.get("SPARSEMIA_NO_CUDA", "0") != "1"
         and torch.version.cuda is not None
@@ -43,6 +61,7 @@ def _extensions():
                 include_dirs=include_dirs,
                 define_macros=define_macros + [("SPARSEMIA_WITH_CUDA", "1")],
                 extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+                extra_link_args=link_flags,
             )
         ]
     return [
@@ -52,6 +71,7 @@ def _extensions():
             include_dirs=include_dirs,
             define_macros=define_macros,
             extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     ]
 

@@ -1,6 +1,11 @@
 // The Python module sparsemia._C: loading it registers the operators; the few
 // functions here are controls that are not operators (CPU ISA selection).
+#include <ATen/Parallel.h>
 #include <torch/extension.h>
+
+#include <mutex>
+#include <set>
+#include <thread>
 
 #include "cpu/spmm/kernels.h"
 
@@ -17,6 +22,23 @@ bool with_cuda() {
 #endif
 }
 
+// Distinct threads one at::parallel_for in this library's code runs on: shows
+// whether the kernels' loops really are split across torch's intra-op threads.
+int64_t parallel_threads_used() {
+  std::mutex mu;
+  std::set<std::thread::id> ids;
+  const int64_t n = 4 * std::max(at::get_num_threads(), 1);
+  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    // enough work per task that one thread cannot take every task before the others start
+    volatile double sink = 0;
+    for (int64_t i = begin; i < end; ++i)
+      for (int k = 0; k < 2000000; ++k) sink = sink + 1e-9 * k;
+    std::lock_guard<std::mutex> lock(mu);
+    ids.insert(std::this_thread::get_id());
+  });
+  return int64_t(ids.size());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -25,4 +47,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("best_cpu_isa", &best_cpu_isa, "Widest ISA this CPU supports");
   m.def("set_cpu_isa", &set_cpu_isa, "Force the CPU kernels' ISA: 'scalar', 'avx2' or 'avx512'");
   m.def("with_cuda", &with_cuda, "Whether the CUDA kernels were compiled in");
+  m.def("parallel_threads_used", &parallel_threads_used,
+        "Threads one at::parallel_for of the compiled kernels runs on (torch.get_num_threads() when threading works)");
 }

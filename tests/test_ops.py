@@ -108,6 +108,21 @@ def test_non_contiguous_transposed_and_batched_inputs():
     assert sm.ops.spmm(w, torch.randn(30, 0)).shape == (20, 0)
 
 
+@pytest.mark.skipif((torch.get_num_threads() < 2), reason="needs two intra-op threads")
+def test_kernel_loops_run_on_torchs_threads():
+    # the kernels' at::parallel_for loops must really be split (compiled with OpenMP
+    # when ATen uses it), and must follow torch.set_num_threads
+    from sparsemia import _C
+
+    threads = torch.get_num_threads()
+    try:
+        assert _C.parallel_threads_used() == threads
+        torch.set_num_threads(1)
+        assert _C.parallel_threads_used() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_large_matrix_uses_several_panels_and_threads():
     dense = random_pruned(512, 1024, 0.9)
     x = torch.randn(300, 1024)

@@ -89,7 +89,11 @@ def info() -> None:
     try:
         from sparsemia import _C
 
-        table.add_row("C++ CPU kernels", f"built; ISA in use: {_C.get_cpu_isa()} (best here: {_C.best_cpu_isa()})")
+        table.add_row(
+            "C++ CPU kernels",
+            f"built; ISA in use: {_C.get_cpu_isa()} (best here: {_C.best_cpu_isa()}); "
+            f"threads per parallel loop: {_C.parallel_threads_used()}",
+        )
         table.add_row("CUDA kernels", "built" if _C.with_cuda() else "not built (torch without CUDA or no nvcc)")
     except ImportError as exc:
         table.add_row("C++ CPU kernels", f"[red]not loaded[/red]: {exc}")

@@ -13,6 +13,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -60,10 +62,14 @@ Geometry make_geometry(const Tensor& x, int64_t Cout, at::IntArrayRef kernel_siz
 }
 
 // Images per chunk: 1 while an output row fills vectors on its own, else the
-// batch goes innermost (up to 16 images: one AVX-512 vector of fp32 per column).
+// batch goes innermost: the fewest images (a power of two, at most 16) that make
+// an output row at least 32 elements and whole 16-lane vectors.
 int64_t chunk_batch(const Geometry& g) {
   if (g.B == 1 || g.Wo >= 16) return 1;
-  return std::min<int64_t>(g.B, 16);
+  if (const char* env = std::getenv("SPARSEMIA_CONV_BT")) return std::min<int64_t>(g.B, std::atoi(env));
+  int64_t bt = 1;
+  while (bt < 16 && (g.Wo * bt < 32 || (g.Wo * bt) % 16 != 0)) bt *= 2;
+  return std::min(bt, g.B);
 }
 
 // The unpadded stride-1 case with Bt = 1 reads the NCHW image in place.
@@ -235,22 +241,91 @@ Chunks chunks_of(const Geometry& g) {
   return ch;
 }
 
-// Per-call plan: packed layout and tap offsets for the main and the last chunk size.
+// Bytes of input one block of input channels of one band may read (about the
+// L1 data cache: measured best among 8-64 KiB on a 32 KiB-L1 CPU), and output
+// rows per band. SPARSEMIA_CONV_L1, SPARSEMIA_CONV_ROWS (and SPARSEMIA_CONV_BT,
+// images per chunk for narrow maps) override them for tuning on other CPUs.
+int64_t l1_budget() {
+  static const int64_t budget = [] {
+    const char* env = std::getenv("SPARSEMIA_CONV_L1");
+    return env ? int64_t(std::atoll(env)) : int64_t(32) << 10;
+  }();
+  return budget;
+}
+int64_t band_rows_default() {
+  static const int64_t rows = [] {
+    const char* env = std::getenv("SPARSEMIA_CONV_ROWS");
+    return env ? int64_t(std::atoll(env)) : int64_t(8);
+  }();
+  return rows;
+}
+
+// Cache blocking of one packed layout (see ConvArgs): band shape, and the tap
+// range of every output channel in each block of input channels.
+struct Blocking {
+  int64_t band_rows = 1, band_len = 0, nseg = 1;
+  std::vector<int64_t> seg;  // empty when nseg == 1
+};
+
+template <typename I>
+void make_blocking(Blocking& b, const Tensor& crow, const Tensor& col, const Geometry& g, const Packed& pk,
+                   int64_t elem_size) {
+  const int64_t vec = 64 / elem_size;  // elements per 64-byte vector
+  b.band_len = pk.len <= 8 * vec ? pk.len : 4 * vec;
+  b.band_rows = pk.out_rows == 1 ? 1 : band_rows_default();
+  int64_t in_rows = 1, in_cols = b.band_len;
+  if (pk.out_rows != 1) {
+    in_rows = (b.band_rows - 1) * g.sh + (g.kh - 1) * g.dh + 1;
+    const int64_t out_cols = (b.band_len + pk.bt - 1) / pk.bt;
+    in_cols = ((out_cols - 1) * g.sw + (g.kw - 1) * g.dw + 1) * pk.bt;
+  }
+  const int64_t per_channel = std::max<int64_t>(in_rows * in_cols * elem_size, 1);
+  const int64_t fit = std::max<int64_t>(l1_budget() / per_channel, 1);
+  b.nseg = (g.cin_g + fit - 1) / fit;
+  b.seg.clear();
+  if (b.nseg <= 1) {
+    b.nseg = 1;
+    return;
+  }
+  const int64_t block = (g.cin_g + b.nseg - 1) / b.nseg;  // channels per block, evened out
+  const int64_t taps = block * g.kh * g.kw;             // kernel columns per block
+  const I* rp = crow.data_ptr<I>();
+  const I* cp = col.data_ptr<I>();
+  const int64_t M = g.Cout;
+  b.seg.resize(M * (b.nseg + 1));
+  for (int64_t co = 0; co < M; ++co) {
+    int64_t p = rp[co];
+    const int64_t e = rp[co + 1];
+    int64_t* sg = b.seg.data() + co * (b.nseg + 1);
+    for (int64_t s = 0; s < b.nseg; ++s) {
+      sg[s] = p;
+      while (p < e && int64_t(cp[p]) < (s + 1) * taps) ++p;
+    }
+    sg[b.nseg] = e;
+  }
+}
+
+// Per-call plan: packed layout, tap offsets and blocking for the main and the last chunk size.
 struct Plan {
   Packed layout[2];
   std::vector<int64_t> crow;
   std::vector<int32_t> offset[2];
+  Blocking blocking[2];
 };
 
 template <typename I>
-void make_plan(Plan& plan, const Chunks& ch, const Tensor& crow, const Tensor& col, const Geometry& g, const char* op) {
+void make_plan(Plan& plan, const Chunks& ch, const Tensor& crow, const Tensor& col, const Geometry& g,
+               int64_t elem_size, const char* op) {
   plan.layout[0] = packed_layout(g, ch.bt);
   tap_offsets<I>(crow, col, g, plan.layout[0], plan.crow, plan.offset[0], op);
+  make_blocking<I>(plan.blocking[0], crow, col, g, plan.layout[0], elem_size);
   plan.layout[1] = plan.layout[0];
+  plan.blocking[1] = plan.blocking[0];
   if (ch.last_bt != ch.bt) {
     std::vector<int64_t> unused;
     plan.layout[1] = packed_layout(g, ch.last_bt);
     tap_offsets<I>(crow, col, g, plan.layout[1], unused, plan.offset[1], op);
+    make_blocking<I>(plan.blocking[1], crow, col, g, plan.layout[1], elem_size);
   } else {
     plan.offset[1] = plan.offset[0];
   }
@@ -269,7 +344,9 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
   const auto args_for = [&](int64_t c, const T* xpacked, T* out, bool direct) {
     const int last = c == ch.count - 1 ? 1 : 0;
     const Packed& pk = plan.layout[last];
-    ConvArgs<T> a{plan.crow.data(), plan.offset[last].data(), values, xpacked, pk.x_row, pk.len, out, 0, 0, bias};
+    const Blocking& bl = plan.blocking[last];
+    ConvArgs<T> a{plan.crow.data(), plan.offset[last].data(), values, xpacked, pk.x_row, pk.len, out, 0, 0, bias,
+                  bl.seg.empty() ? nullptr : bl.seg.data(), bl.nseg, bl.band_rows, bl.band_len};
     if (direct) {  // bt == 1: write straight into NCHW
       a.y_co = hw;
       a.y_oh = pk.out_rows == 1 ? 0 : g.Wo;
@@ -385,9 +462,9 @@ Tensor csr_conv2d(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_i
     using T = scalar_t;
     Plan plan;
     if (crow.scalar_type() == at::kInt)
-      make_plan<int32_t>(plan, ch, crow, col, g, op);
+      make_plan<int32_t>(plan, ch, crow, col, g, sizeof(T), op);
     else
-      make_plan<int64_t>(plan, ch, crow, col, g, op);
+      make_plan<int64_t>(plan, ch, crow, col, g, sizeof(T), op);
     conv_forward<T>(x.data_ptr<T>(), g, plan, ch, values.data_ptr<T>(), bias.defined() ? bias.data_ptr<T>() : nullptr,
                     y.data_ptr<T>());
   });
@@ -412,9 +489,9 @@ Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const T
     using T = scalar_t;
     Plan plan;
     if (crow.scalar_type() == at::kInt)
-      make_plan<int32_t>(plan, ch, crow, col, g, op);
+      make_plan<int32_t>(plan, ch, crow, col, g, sizeof(T), op);
     else
-      make_plan<int64_t>(plan, ch, crow, col, g, op);
+      make_plan<int64_t>(plan, ch, crow, col, g, sizeof(T), op);
     const bool in_place = reads_in_place(g, ch.bt);
     const int64_t chunk_size = plan.layout[0].size, hw = g.Ho * g.Wo;
     const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;

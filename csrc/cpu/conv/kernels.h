@@ -29,6 +29,15 @@ struct ConvArgs {
   T* y;                   // output: row (co, oh) starts at y + co * y_co + oh * y_oh
   int64_t y_co, y_oh;
   const T* bias;  // [Cout] or nullptr
+  // Cache blocking. Output rows are computed in bands of `band_rows` rows and
+  // `band_len` elements; within a band the stored taps of each output channel
+  // run in `nseg` segments, one per block of input channels:
+  //     seg[co * (nseg + 1) + s] .. seg[co * (nseg + 1) + s + 1]
+  // (nullptr with nseg = 1: the whole row crow[co] .. crow[co + 1]). The inputs
+  // one block of one band reads fit in L1 and are reused by every output channel.
+  const int64_t* seg;
+  int64_t nseg;
+  int64_t band_rows, band_len;
 };
 
 // Gradient of the loss with respect to each stored weight (SDDMM-like):
