@@ -27,6 +27,11 @@ TORCH_LIBRARY(sparsemia, m) {
   // [B, Cout, Ho, Wo], like F.conv2d with the same stride/padding/dilation/groups.
   m.def("csr_conv2d(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");
+  // Inference epilogue: max_pool2d(relu(csr_conv2d(...)), pool) with kernel = stride = pool, no
+  // padding, floor mode (pool = 1: the ReLU alone). Returns [B, Cout, Ho / pool, Wo / pool]; the
+  // full-size output is never written to memory. No autograd (training composes the three ops).
+  m.def("csr_conv2d_relu_pool(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, int pool) -> Tensor");
   // d loss / d values at the stored entries, given grad_out [B, Cout, Ho, Wo]. Returns [nnz].
   m.def("csr_conv2d_weight_grad(Tensor x, Tensor grad_out, Tensor crow, Tensor col, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");

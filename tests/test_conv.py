@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsemia import SparseWeight
-from sparsemia.ops import select_backend, sparse_conv2d
+from sparsemia.ops import select_backend, sparse_conv2d, sparse_conv2d_relu_pool
 
 pytest.importorskip("sparsemia._C")
 
@@ -259,3 +259,73 @@ def test_bsr_gradcheck_on_cpu(block):
     assert grads["cpu"][1].shape == sw.values.shape
     for got, ref in zip(grads["cpu"], grads["reference"], strict=True):
         torch.testing.assert_close(got, ref)
+
+
+# ---- fused ReLU + max-pool epilogue (inference) ----
+
+RELU_POOL_SHAPES = [SHAPES[i] for i in (0, 1, 2, 3, 4, 6, 8)] + [
+    (32, 6, 16, 14, 14, (5, 5), 1, 0, 1, 1),  # LeNet-5's second conv: narrow rows, several chunks
+    (3, 1, 6, 28, 28, (5, 5), 1, 2, 1, 1),  # LeNet-5's first conv: wide rows, few images
+]
+
+
+@pytest.mark.parametrize("pool", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", RELU_POOL_SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_relu_pool_matches_the_three_ops(isa, shape, dtype, pool):
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    w = pruned_kernel(cout, cin // groups, *k, 0.6, dtype, empty_channels=1)
+    x = torch.randn(B, cin, H, W, dtype=dtype)
+    bias = torch.randn(cout, dtype=dtype)
+    ref = F.relu(F.conv2d(x, w, bias, stride, padding, dilation, groups))
+    if min(ref.shape[2:]) < pool:
+        pytest.skip("output smaller than the pooling window")
+    ref = F.max_pool2d(ref, pool)
+    with torch.no_grad():
+        y = sparse_conv2d_relu_pool(x, SparseWeight.from_dense(w), bias, stride, padding, dilation, groups, pool,
+                                    backend="cpu")
+    atol, rtol = tolerance(dtype, w[0].numel())
+    torch.testing.assert_close(y, ref, atol=atol, rtol=rtol)
+
+
+def test_relu_pool_keeps_nan_and_handles_unbatched_input():
+    w = SparseWeight.from_dense(pruned_kernel(4, 3, 3, 3, 0.3))
+    x = torch.randn(2, 3, 8, 8)
+    x[0, :, 2, 2] = float("nan")
+    with torch.no_grad():
+        y = sparse_conv2d_relu_pool(x, w, padding=1, pool=2)
+        # against the unfused sparse conv: pruned taps are skipped, so 0 * NaN never happens there
+        ref = F.max_pool2d(F.relu(sparse_conv2d(x, w, padding=1)), 2)
+        torch.testing.assert_close(y, ref, equal_nan=True)
+        assert y[0].isnan().any() and not y[1].isnan().any()
+        torch.testing.assert_close(sparse_conv2d_relu_pool(x[1], w, padding=1, pool=2), ref[1])
+
+
+def test_relu_pool_composes_the_differentiable_ops_when_training():
+    w = pruned_kernel(6, 4, 3, 3, 0.5, torch.float64)
+    sw = SparseWeight.from_dense(w)
+    values = sw.values.clone().requires_grad_(True)
+    x = torch.randn(3, 4, 10, 10, dtype=torch.float64, requires_grad=True)
+    y = sparse_conv2d_relu_pool(x, sw.with_values(values), None, 1, 1, 1, 1, 2)
+    y.square().sum().backward()
+    dense = w.clone().requires_grad_(True)
+    x2 = x.detach().clone().requires_grad_(True)
+    F.max_pool2d(F.relu(F.conv2d(x2, dense, padding=1)), 2).square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(values.grad, dense.grad[w != 0])
+
+
+def test_relu_pool_opcheck_and_bad_pool():
+    sw = SparseWeight.from_dense(pruned_kernel(5, 3, 3, 3, 0.5, torch.float64))
+    x = torch.randn(4, 3, 9, 9, dtype=torch.float64)
+    bias = torch.randn(5, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.sparsemia.csr_conv2d_relu_pool.default,
+                          (x, sw.crow_indices, sw.col_indices, sw.values, bias, [3, 3], [1, 1], [1, 1], [1, 1], 1, 2))
+    for pool in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="pool"):
+            sparse_conv2d_relu_pool(x, sw, pool=pool)
+    with pytest.raises(ValueError, match="pool"):
+        sparse_conv2d_relu_pool(x, sw, pool=8)  # output 7x7
+    with pytest.raises(RuntimeError, match="pool"):
+        torch.ops.sparsemia.csr_conv2d_relu_pool(x, sw.crow_indices, sw.col_indices, sw.values, None, [3, 3],
+                                                 [1, 1], [0, 0], [1, 1], 1, 0)

@@ -33,7 +33,7 @@ from sparsemia.ops import (
 )
 from sparsemia.ops import select_backend as _select_backend
 
-__all__ = ["sparse_conv2d", "conv2d_output_size"]
+__all__ = ["sparse_conv2d", "sparse_conv2d_relu_pool", "conv2d_output_size"]
 
 IntPair = int | Sequence[int]
 
@@ -94,6 +94,59 @@ def sparse_conv2d(
         ``[B, Cout, Ho, Wo]`` (``[Cout, Ho, Wo]`` for unbatched ``x``). Differentiable with respect
         to ``x``, ``w.values`` and ``bias``.
     """
+    args, unbatched, _ = _conv_args(x, w, bias, stride, padding, dilation, groups)
+    y = _select_backend("sparse_conv2d", *args, backend=backend).fn(*args)
+    return y.squeeze(0) if unbatched else y
+
+
+def sparse_conv2d_relu_pool(
+    x: torch.Tensor,
+    w: SparseWeight,
+    bias: torch.Tensor | None = None,
+    stride: IntPair = 1,
+    padding: IntPair | str = 0,
+    dilation: IntPair = 1,
+    groups: int = 1,
+    pool: int = 2,
+    *,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """``F.max_pool2d(F.relu(sparse_conv2d(x, w, bias, ...)), pool)``, fused for inference.
+
+    The usual CNN stage conv → ReLU → ``pool`` x ``pool`` max-pool (stride ``pool``, no padding,
+    floor mode; ``pool=1`` is the ReLU alone). On the ``cpu`` backend, when no gradient is needed,
+    the ReLU and the pooling run on each chunk's convolution output while it is in cache and the
+    full-size output is never written (``torch.ops.sparsemia.csr_conv2d_relu_pool``). Otherwise
+    (training, other backends) it is the three ops in sequence, differentiable as usual.
+
+    Args: as :func:`sparse_conv2d`, plus ``pool``, a positive int not larger than the convolution's
+    output height and width.
+    """
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
+        raise ValueError(f"pool: expected a positive integer, got {pool!r}")
+    args, unbatched, (ho, wo) = _conv_args(x, w, bias, stride, padding, dilation, groups)
+    if ho < pool or wo < pool:
+        raise ValueError(f"pool: the convolution's output {ho}x{wo} is smaller than the pooling window {pool}")
+    impl = _select_backend("sparse_conv2d", *args, backend=backend)
+    x, w, bias, stride, padding, dilation, groups = args
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, w.values, bias)
+    )
+    if impl.backend == "cpu" and not needs_grad:
+        crow, col, values = _bsr_as_csr(w) if w.format == "bsr" else w.csr()
+        y = torch.ops.sparsemia.csr_conv2d_relu_pool(
+            x, crow, col, values, bias, list(w.shape[2:]), list(stride), list(padding), list(dilation), groups, pool
+        )
+    else:
+        y = F.relu(impl.fn(*args))
+        if pool > 1:
+            y = F.max_pool2d(y, pool)
+    return y.squeeze(0) if unbatched else y
+
+
+def _conv_args(x, w, bias, stride, padding, dilation, groups):
+    """Checked and normalised arguments ``(x, w, bias, stride, padding, dilation, groups)`` of a sparse
+    convolution (``x`` batched, padding numeric), whether ``x`` was unbatched, and ``(Ho, Wo)``."""
     w = _check_weight(w)
     if len(w.shape) != 4:
         raise ValueError(f"w: expected a 4-D convolution weight [Cout, Cin/groups, kh, kw], got shape {w.shape}")
@@ -137,9 +190,7 @@ def sparse_conv2d(
             f"{(kh, kw)} at dilation {dilation}"
         )
     _check_bias(bias, w, cout)
-    args = (x, w, bias, stride, padding, dilation, groups)
-    y = _select_backend("sparse_conv2d", *args, backend=backend).fn(*args)
-    return y.squeeze(0) if unbatched else y
+    return (x, w, bias, stride, padding, dilation, groups), unbatched, (ho, wo)
 
 
 # --------------------------------------------------------------------------
@@ -267,6 +318,12 @@ def _register_operator_meta() -> None:
         ho, wo = conv2d_output_size(tuple(x.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding),
                                     tuple(dilation))
         return x.new_empty(x.shape[0], crow.shape[0] - 1, ho, wo)
+
+    @torch.library.register_fake(lib + "csr_conv2d_relu_pool")
+    def _(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, pool):
+        ho, wo = conv2d_output_size(tuple(x.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding),
+                                    tuple(dilation))
+        return x.new_empty(x.shape[0], crow.shape[0] - 1, ho // pool, wo // pool)
 
     @torch.library.register_fake(lib + "csr_conv2d_weight_grad")
     def _(x, grad_out, crow, col, kernel_size, stride, padding, dilation, groups):

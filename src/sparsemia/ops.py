@@ -537,6 +537,6 @@ if _C is not None:
 
 # ---- convolution: sparse_conv2d, its backends, fake kernels and autograd live in
 # sparsemia._ops_conv (imported last: it registers into this module's registry).
-from sparsemia._ops_conv import sparse_conv2d  # noqa: E402
+from sparsemia._ops_conv import sparse_conv2d, sparse_conv2d_relu_pool  # noqa: E402
 
-__all__ += ["sparse_conv2d"]
+__all__ += ["sparse_conv2d", "sparse_conv2d_relu_pool"]

@@ -9,7 +9,15 @@ from torch.nn.utils import prune as torch_prune
 
 import sparsemia as sm
 from sparsemia.models import LeNet5, ResNet18
-from sparsemia.nn import SparseConv2d, SparseLinear, bytes_report, load_sparsified, save_sparsified
+from sparsemia.nn import (
+    FoldedLayer,
+    SparseConv2d,
+    SparseLinear,
+    bytes_report,
+    fuse_relu_pool,
+    load_sparsified,
+    save_sparsified,
+)
 
 
 def zero_prune(model: nn.Module, sparsity: float) -> nn.Module:
@@ -103,3 +111,49 @@ def test_bytes_report():
     assert conv1.kind == "SparseConv2d" and conv1.dense_bytes == 64 * 3 * 9 * 4
     assert report.sparse_total < 0.25 * report.dense_total
     assert "total" in str(report)
+
+
+def test_sparsify_folds_relu_and_pool_into_sparse_convs_and_densify_restores_them(tmp_path):
+    model = zero_prune(LeNet5(), 0.9)
+    x = torch.randn(5, 1, 28, 28)
+    sparse = sm.sparsify(model)
+    unfused = sm.sparsify(model, fuse=False)
+    feats = sparse.features
+    assert isinstance(feats[0], SparseConv2d) and feats[0].fused_relu_pool == 2
+    assert isinstance(feats[1], FoldedLayer) and isinstance(feats[1].layer, nn.ReLU)
+    assert isinstance(feats[2], FoldedLayer) and isinstance(feats[2].layer, nn.MaxPool2d)
+    assert "fused=relu+maxpool2" in repr(feats[0])
+    assert unfused.features[0].fused_relu_pool is None and isinstance(unfused.features[1], nn.ReLU)
+    assert sparse.state_dict().keys() == unfused.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(sparse(x), model(x), atol=1e-5, rtol=1e-5)
+    # training takes the differentiable path; gradients equal the unfused model's
+    sparse.train()
+    unfused.train()
+    sparse(x).sum().backward()
+    unfused(x).sum().backward()
+    torch.testing.assert_close(feats[0].weight.values.grad, unfused.features[0].weight.values.grad)
+    dense = sm.densify(sparse)
+    assert [type(m) for m in dense.features] == [type(m) for m in model.features]
+    with torch.no_grad():
+        torch.testing.assert_close(dense.eval()(x), model(x), atol=1e-5, rtol=1e-5)
+    path = str(tmp_path / "lenet.safetensors")
+    save_sparsified(sparse, path)
+    loaded = load_sparsified(LeNet5().eval(), path)
+    assert loaded.features[0].fused_relu_pool == 2
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_relu_pool_only_folds_what_it_can():
+    conv = SparseConv2d.from_dense(nn.Conv2d(3, 4, 3, padding=1))
+    seq = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2, stride=1), nn.ReLU())  # pool with stride != kernel
+    assert fuse_relu_pool(seq) == 1
+    assert conv.fused_relu_pool == 1 and isinstance(seq[1], FoldedLayer) and isinstance(seq[2], nn.MaxPool2d)
+    assert fuse_relu_pool(seq) == 0  # already fused
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = torch.relu(nn.functional.max_pool2d(torch.relu(conv.to_dense()(x)), 2, stride=1))
+        torch.testing.assert_close(seq(x), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="fused_relu_pool"):
+        conv.fused_relu_pool = 0

@@ -183,6 +183,64 @@ void unpack_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int6
     }
 }
 
+// The ReLU + max-pool epilogue (pool x pool windows, stride pool, floor mode).
+// NaN propagates as in torch (max_pool2d and relu both keep it).
+template <typename T>
+inline T max_nan(T m, T v) {
+  return (v > m || v != v) ? v : m;
+}
+template <typename T>
+inline T relu_nan(T v) {
+  return v > T(0) || v != v ? v : T(0);
+}
+
+// relu(max over each window) of channels [c0, c1) of one image [Cout][Ho][Wo]
+// -> y[co][Ho / pool][Wo / pool].
+template <typename T>
+void relu_pool_image(const T* src, const Geometry& g, int64_t pool, int64_t c0, int64_t c1, T* y) {
+  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, hw = g.Ho * g.Wo;
+  for (int64_t co = c0; co < c1; ++co) {
+    const T* s = src + co * hw;
+    T* d = y + co * hp * wp;
+    for (int64_t i = 0; i < hp; ++i) {
+      T* drow = d + i * wp;
+      const T* s0 = s + i * pool * g.Wo;
+      for (int64_t j = 0; j < wp; ++j) drow[j] = s0[j * pool];
+      for (int64_t r = 0; r < pool; ++r) {
+        const T* srow = s0 + r * g.Wo;
+        for (int64_t c = (r == 0 ? 1 : 0); c < pool; ++c)
+          for (int64_t j = 0; j < wp; ++j) drow[j] = max_nan(drow[j], srow[j * pool + c]);
+      }
+      for (int64_t j = 0; j < wp; ++j) drow[j] = relu_nan(drow[j]);
+    }
+  }
+}
+
+// As relu_pool_image, from Y'[Cout][Ho][Wo][bt] (channels [c0, c1)) into images b0 .. b0 + bt of y.
+template <typename T>
+void relu_pool_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int64_t pool, int64_t c0, int64_t c1,
+                     T* y) {
+  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, hw = g.Ho * g.Wo, img = g.Cout * hp * wp;
+  T m[16];
+  for (int64_t co = c0; co < c1; ++co)
+    for (int64_t i = 0; i < hp; ++i)
+      for (int64_t j = 0; j < wp; ++j) {
+        for (int64_t b = 0; b < bt; b += 16) {
+          const int64_t n = std::min<int64_t>(16, bt - b);
+          const T* first = ytmp + ((co * g.Ho + i * pool) * g.Wo + j * pool) * bt + b;
+          for (int64_t bb = 0; bb < n; ++bb) m[bb] = first[bb];
+          for (int64_t r = 0; r < pool; ++r)
+            for (int64_t c = 0; c < pool; ++c) {
+              const T* s = ytmp + ((co * g.Ho + i * pool + r) * g.Wo + j * pool + c) * bt + b;
+              for (int64_t bb = 0; bb < n; ++bb) m[bb] = max_nan(m[bb], s[bb]);
+            }
+          T* d = y + (b0 + b) * img + (co * hp + i) * wp + j;
+          for (int64_t bb = 0; bb < n; ++bb) d[bb * img] = relu_nan(m[bb]);
+        }
+      }
+  (void)hw;
+}
+
 // dy[b0 + bb][co][oh][ow] -> dY'[Cout][Ho][Wo][bt].
 template <typename T>
 void pack_grad_chunk(const T* dy, const Geometry& g, int64_t b0, int64_t bt, T* out) {
@@ -333,7 +391,10 @@ void make_plan(Plan& plan, const Chunks& ch, const Tensor& crow, const Tensor& c
 
 template <typename T>
 void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks& ch, const T* values, const T* bias,
-                  T* y) {
+                  int64_t pool, T* y) {
+  // pool == 0: y is the convolution [B][Cout][Ho][Wo]. pool >= 1: y is the
+  // ReLU + max-pool epilogue [B][Cout][Ho / pool][Wo / pool], computed from a
+  // chunk's output while it is in cache.
   const auto kt = kernels_for<T>(active_isa());
   const int64_t nnz = plan.crow.back();
   const int64_t work = (nnz + g.Cout) * g.Ho * g.Wo * g.B;
@@ -358,6 +419,8 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
   };
   const bool in_place = reads_in_place(g, ch.bt);
   const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
+  const int64_t img_y = pool > 0 ? g.Cout * (g.Ho / pool) * (g.Wo / pool) : img_out;
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
 
   if (!threaded || ch.count % threads == 0 || ch.count >= 4 * threads) {
     // Whole chunks per task: each thread packs its chunk into its own buffer
@@ -378,21 +441,25 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
           pack_chunk<T>(x, g, pk, b0, 0, g.Cin, buf.data_ptr<T>());
           xp = buf.data_ptr<T>();
         }
-        if (pk.bt == 1) {
+        if (pk.bt == 1 && pool == 0) {
           kt.rows(args_for(c, xp, y + b0 * img_out, true), 0, g.Cout, 0, pk.out_rows);
-        } else {
-          if (!ytmp.defined())
-            ytmp = at::empty({img_out * ch.bt}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
-          kt.rows(args_for(c, xp, ytmp.data_ptr<T>(), false), 0, g.Cout, 0, pk.out_rows);
-          unpack_chunk<T>(ytmp.data_ptr<T>(), g, b0, pk.bt, 0, g.Cout, y);
+          continue;
         }
+        if (!ytmp.defined()) ytmp = at::empty({img_out * ch.bt}, opts);
+        T* yt = ytmp.data_ptr<T>();
+        kt.rows(args_for(c, xp, yt, pk.bt == 1), 0, g.Cout, 0, pk.out_rows);
+        if (pool == 0)
+          unpack_chunk<T>(yt, g, b0, pk.bt, 0, g.Cout, y);
+        else if (pk.bt == 1)
+          relu_pool_image<T>(yt, g, pool, 0, g.Cout, y + b0 * img_y);
+        else
+          relu_pool_chunk<T>(yt, g, b0, pk.bt, pool, 0, g.Cout, y);
       }
     });
     return;
   }
 
   // Few chunks: pack them all, then split each chunk's output channels.
-  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
   const int64_t chunk_size = plan.layout[0].size;
   Tensor packed;
   if (!in_place) {
@@ -406,7 +473,7 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
       }
     });
   }
-  Tensor ytmp = ch.bt > 1 ? at::empty({ch.count * img_out * ch.bt}, opts) : Tensor();
+  Tensor ytmp = ch.bt > 1 || pool > 0 ? at::empty({ch.count * img_out * ch.bt}, opts) : Tensor();
   const int64_t parts = std::min<int64_t>(g.Cout, (4 * threads + ch.count - 1) / ch.count);
   const auto bounds = balanced_channels(plan.crow, parts, 4);
   run_tasks(ch.count * parts, threaded, [&](int64_t begin, int64_t end) {
@@ -415,13 +482,18 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
       const int64_t b0 = c * ch.bt, c0 = bounds[part], c1 = bounds[part + 1];
       const Packed& pk = plan.layout[c == ch.count - 1 ? 1 : 0];
       const T* xp = in_place ? x + b0 * img_in : packed.data_ptr<T>() + c * chunk_size;
-      if (pk.bt == 1) {
+      if (pk.bt == 1 && pool == 0) {
         kt.rows(args_for(c, xp, y + b0 * img_out, true), c0, c1, 0, pk.out_rows);
-      } else {
-        T* yt = ytmp.data_ptr<T>() + c * img_out * ch.bt;
-        kt.rows(args_for(c, xp, yt, false), c0, c1, 0, pk.out_rows);
-        unpack_chunk<T>(yt, g, b0, pk.bt, c0, c1, y);
+        continue;
       }
+      T* yt = ytmp.data_ptr<T>() + c * img_out * ch.bt;
+      kt.rows(args_for(c, xp, yt, pk.bt == 1), c0, c1, 0, pk.out_rows);
+      if (pool == 0)
+        unpack_chunk<T>(yt, g, b0, pk.bt, c0, c1, y);
+      else if (pk.bt == 1)
+        relu_pool_image<T>(yt, g, pool, c0, c1, y + b0 * img_y);
+      else
+        relu_pool_chunk<T>(yt, g, b0, pk.bt, pool, c0, c1, y);
     }
   });
 }
@@ -440,10 +512,9 @@ void check_inputs(const Tensor& x, const Tensor& crow, const Tensor& col, const 
               ": all tensors must be on the CPU");
 }
 
-Tensor csr_conv2d(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in,
-                  const c10::optional<Tensor>& bias_in, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  const char* op = "csr_conv2d";
+Tensor conv2d_impl(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in,
+                   const c10::optional<Tensor>& bias_in, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t pool, const char* op) {
   check_inputs(x_in, crow_in, col_in, values_in, op);
   const Geometry g = make_geometry(x_in, crow_in.numel() - 1, kernel_size, stride, padding, dilation, groups, op);
   if (bias_in) {
@@ -452,10 +523,14 @@ Tensor csr_conv2d(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_i
     TORCH_CHECK(bias_in->scalar_type() == values_in.scalar_type() && bias_in->device().is_cpu(), op,
                 ": bias must be a CPU tensor of the weight's dtype");
   }
+  if (pool > 0)
+    TORCH_CHECK(g.Ho >= pool && g.Wo >= pool, op, ": the convolution's output (", g.Ho, "x", g.Wo,
+                ") is smaller than the pooling window ", pool);
   const Tensor x = x_in.contiguous(), crow = crow_in.contiguous(), col = col_in.contiguous();
   const Tensor values = values_in.contiguous();
   const Tensor bias = bias_in ? bias_in->contiguous() : Tensor();
-  Tensor y = at::empty({g.B, g.Cout, g.Ho, g.Wo}, x.options());
+  Tensor y = pool > 0 ? at::empty({g.B, g.Cout, g.Ho / pool, g.Wo / pool}, x.options())
+                      : at::empty({g.B, g.Cout, g.Ho, g.Wo}, x.options());
   if (y.numel() == 0) return y;
   const Chunks ch = chunks_of(g);
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "csr_conv2d", [&] {
@@ -466,9 +541,23 @@ Tensor csr_conv2d(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_i
     else
       make_plan<int64_t>(plan, ch, crow, col, g, sizeof(T), op);
     conv_forward<T>(x.data_ptr<T>(), g, plan, ch, values.data_ptr<T>(), bias.defined() ? bias.data_ptr<T>() : nullptr,
-                    y.data_ptr<T>());
+                    pool, y.data_ptr<T>());
   });
   return y;
+}
+
+Tensor csr_conv2d(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values,
+                  const c10::optional<Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                  at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
+  return conv2d_impl(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, 0, "csr_conv2d");
+}
+
+Tensor csr_conv2d_relu_pool(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values,
+                            const c10::optional<Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t pool) {
+  TORCH_CHECK(pool >= 1, "csr_conv2d_relu_pool: pool must be >= 1, got ", pool);
+  return conv2d_impl(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, pool,
+                     "csr_conv2d_relu_pool");
 }
 
 Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const Tensor& crow_in, const Tensor& col_in,
@@ -544,6 +633,7 @@ Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const T
 
 TORCH_LIBRARY_IMPL(sparsemia, CPU, m) {
   m.impl("csr_conv2d", &csr_conv2d);
+  m.impl("csr_conv2d_relu_pool", &csr_conv2d_relu_pool);
   m.impl("csr_conv2d_weight_grad", &csr_conv2d_weight_grad);
 }
 

@@ -3,8 +3,10 @@
 from sparsemia.nn.conv import SparseConv2d
 from sparsemia.nn.convert import (
     BytesReport,
+    FoldedLayer,
     bytes_report,
     densify,
+    fuse_relu_pool,
     load_sparsified,
     save_sparsified,
     sparsify,
@@ -13,4 +15,5 @@ from sparsemia.nn.linear import SparseLinear
 
 __all__ = ["SparseLinear"]
 # convolution and conversion (nn/conv.py, nn/convert.py)
-__all__ += ["SparseConv2d", "sparsify", "densify", "bytes_report", "BytesReport", "save_sparsified", "load_sparsified"]
+__all__ += ["SparseConv2d", "sparsify", "densify", "fuse_relu_pool", "FoldedLayer", "bytes_report", "BytesReport",
+            "save_sparsified", "load_sparsified"]

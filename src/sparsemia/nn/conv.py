@@ -27,6 +27,10 @@ class SparseConv2d(SparseWeightModule):
         padding_mode: ``"zeros"``, or ``"reflect"``, ``"replicate"``, ``"circular"`` (applied with
             ``F.pad`` before an unpadded sparse convolution, as ``nn.Conv2d`` does).
         backend: force a backend for every call (see :mod:`sparsemia.ops`).
+        fused_relu_pool: None, or ``k >= 1``: the layer's output is ``max_pool2d(relu(conv), k)``
+            (``k = 1``: the ReLU alone), computed by :func:`sparsemia.ops.sparse_conv2d_relu_pool`.
+            :func:`sparsemia.sparsify` sets it where a ReLU (and a max-pool) follow the layer in an
+            ``nn.Sequential``, leaving :class:`~sparsemia.nn.FoldedLayer` placeholders in their place.
     """
 
     def __init__(
@@ -40,6 +44,7 @@ class SparseConv2d(SparseWeightModule):
         padding_mode: str = "zeros",
         *,
         backend: str | None = None,
+        fused_relu_pool: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(weight, SparseWeight):
@@ -61,6 +66,7 @@ class SparseConv2d(SparseWeightModule):
         self.groups = groups
         self.padding_mode = padding_mode
         self.backend = backend
+        self.fused_relu_pool = fused_relu_pool
         self._store_weight(weight, bias, self.out_channels)
 
     @classmethod
@@ -101,12 +107,28 @@ class SparseConv2d(SparseWeightModule):
             ph, pw = self.padding
             x = F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode)
             padding = 0
+        if self.fused_relu_pool is not None:
+            return ops.sparse_conv2d_relu_pool(
+                x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups, self.fused_relu_pool,
+                backend=self.backend,
+            )
         return ops.sparse_conv2d(
             x, self.weight, self.bias, self.stride, padding, self.dilation, self.groups, backend=self.backend
         )
 
+    @property
+    def fused_relu_pool(self) -> int | None:
+        return self._fused_relu_pool
+
+    @fused_relu_pool.setter
+    def fused_relu_pool(self, pool: int | None) -> None:
+        if pool is not None and (isinstance(pool, bool) or not isinstance(pool, int) or pool < 1):
+            raise ValueError(f"fused_relu_pool: expected None or a positive integer, got {pool!r}")
+        self._fused_relu_pool = pool
+
     def to_dense(self) -> nn.Conv2d:
-        """An ``nn.Conv2d`` with the same weights (pruned taps as zeros)."""
+        """An ``nn.Conv2d`` with the same weights (pruned taps as zeros; a fused ReLU / pooling is not
+        part of it: :func:`sparsemia.densify` restores those layers)."""
         dense = self.weight.to_dense().detach()
         conv = nn.Conv2d(
             self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -129,6 +151,8 @@ class SparseConv2d(SparseWeightModule):
             s += f", groups={self.groups}"
         if self.padding_mode != "zeros":
             s += f", padding_mode={self.padding_mode!r}"
+        if self.fused_relu_pool is not None:
+            s += ", fused=relu" + (f"+maxpool{self.fused_relu_pool}" if self.fused_relu_pool > 1 else "")
         return s + f", {self.format_repr()}"
 
 

@@ -32,7 +32,16 @@ from sparsemia.formats import SparseWeight
 from sparsemia.nn.conv import SparseConv2d
 from sparsemia.nn.linear import SparseLinear
 
-__all__ = ["sparsify", "densify", "bytes_report", "BytesReport", "save_sparsified", "load_sparsified"]
+__all__ = [
+    "sparsify",
+    "densify",
+    "fuse_relu_pool",
+    "FoldedLayer",
+    "bytes_report",
+    "BytesReport",
+    "save_sparsified",
+    "load_sparsified",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +134,69 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return model
 
 
+class FoldedLayer(nn.Module):
+    """Stands where a ReLU or max-pool was folded into the :class:`SparseConv2d` before it.
+
+    The identity in ``forward`` (the sparse layer already applied it); keeps the
+    original layer (outside the module tree: it has no state) for :func:`densify`.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self._layer = [layer]
+
+    @property
+    def layer(self) -> nn.Module:
+        return self._layer[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"folded into the previous layer: {self.layer}"
+
+
+def _pool_size(layer: nn.Module) -> int | None:
+    """k for an ``nn.MaxPool2d`` with kernel = stride = k, no padding or dilation, floor mode."""
+    if not isinstance(layer, nn.MaxPool2d) or layer.ceil_mode or layer.return_indices:
+        return None
+    k, st, p, d = (v if isinstance(v, tuple) else (v, v) for v in
+                   (layer.kernel_size, layer.stride, layer.padding, layer.dilation))
+    if k[0] != k[1] or st != k or p != (0, 0) or d != (1, 1):
+        return None
+    return int(k[0])
+
+
+def fuse_relu_pool(model: nn.Module) -> int:
+    """Fold each ``ReLU`` (and a square ``MaxPool2d`` right after it) into the :class:`SparseConv2d`
+    before it in an ``nn.Sequential``, in place; returns how many layers were fused.
+
+    The folded layers are replaced by :class:`FoldedLayer` placeholders (indices and
+    ``state_dict`` keys are unchanged); :func:`densify` puts them back.
+    """
+    fused = 0
+    for seq in [m for m in model.modules() if isinstance(m, nn.Sequential)]:
+        items = list(seq._modules.items())
+        i = 0
+        while i < len(items) - 1:
+            layer = items[i][1]
+            if not (
+                isinstance(layer, SparseConv2d)
+                and layer.fused_relu_pool is None
+                and isinstance(items[i + 1][1], nn.ReLU)
+            ):
+                i += 1
+                continue
+            pool = _pool_size(items[i + 2][1]) if i + 2 < len(items) else None
+            span = 3 if pool is not None else 2
+            layer.fused_relu_pool = pool or 1
+            for name, folded in items[i + 1 : i + span]:
+                seq._modules[name] = FoldedLayer(folded)
+            fused += 1
+            i += span
+    return fused
+
+
 def sparsify(
     model: nn.Module,
     min_sparsity: float = 0.5,
@@ -133,6 +205,7 @@ def sparsify(
     example_input: torch.Tensor | None = None,
     inplace: bool = False,
     backend: str | None = None,
+    fuse: bool = True,
 ) -> nn.Module:
     """Replace the pruned ``nn.Linear`` / ``nn.Conv2d`` layers of ``model`` by sparse layers.
 
@@ -146,6 +219,8 @@ def sparsify(
             otherwise a cost model decides.
         inplace: modify ``model`` itself instead of a deep copy.
         backend: forwarded to the sparse layers (forces a backend).
+        fuse: fold a ``ReLU`` (and a square ``MaxPool2d``) that follows a sparse convolution in an
+            ``nn.Sequential`` into it (:func:`fuse_relu_pool`; same outputs, one pass fewer).
 
     Returns:
         the model with sparse layers (``model`` itself when ``inplace``).
@@ -188,6 +263,8 @@ def sparsify(
             model = _replace(model, name, sparse)
         else:
             logger.debug("sparsify: %s stays dense (density %.3f; sparse kernel not faster)", name, density)
+    if fuse:
+        fuse_relu_pool(model)
     return model
 
 
@@ -202,6 +279,8 @@ def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
             dense = module.to_dense()
             dense.train(module.training)
             model = _replace(model, name, dense)
+        elif isinstance(module, FoldedLayer):
+            model = _replace(model, name, module.layer)
     return model
 
 
@@ -278,7 +357,9 @@ def save_sparsified(model: nn.Module, path: str) -> None:
     save_file(state, path, metadata={_META_KEY: json.dumps(_layer_formats(model))})
 
 
-def load_sparsified(model: nn.Module, source: str | Mapping[str, torch.Tensor], *, strict: bool = True) -> nn.Module:
+def load_sparsified(
+    model: nn.Module, source: str | Mapping[str, torch.Tensor], *, strict: bool = True, fuse: bool = True
+) -> nn.Module:
     """Load a sparsified state into ``model`` built from the dense architecture (or already sparsified).
 
     Args:
@@ -286,6 +367,8 @@ def load_sparsified(model: nn.Module, source: str | Mapping[str, torch.Tensor], 
             are replaced (in place) by sparse layers of the stored pattern.
         source: a safetensors file written by :func:`save_sparsified`, or a ``state_dict`` of a
             sparsified model (CSR and BSR layers are recognised from their tensors; N:M needs the file).
+        strict: as for ``load_state_dict``.
+        fuse: fold ReLU / max-pool layers into the sparse convolutions before them, as :func:`sparsify` does.
 
     Returns:
         ``model`` (or the replacement, if the model itself is one layer).
@@ -325,4 +408,6 @@ def load_sparsified(model: nn.Module, source: str | Mapping[str, torch.Tensor], 
             new = SparseLinear(shell, bias)
         model = _replace(model, name, new)
     model.load_state_dict(dict(state), strict=strict)
+    if fuse:
+        fuse_relu_pool(model)
     return model
