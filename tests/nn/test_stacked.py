@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsemia.models import MLP, LeNet5
-from sparsemia.nn.stacked import FunctionalStack, StackedModel, stack_models
+from sparsemia.nn.stacked import FunctionalStack, StackedConv2d, StackedModel, stack_models
 
 
 def _models(factory, count):
@@ -127,3 +127,30 @@ def test_functional_stack_matches_loop():
     torch.testing.assert_close(stack(x), torch.stack([m(xi) for m, xi in zip(models, x, strict=True)]))
     torch.testing.assert_close(stack.forward_shared(x[0]), torch.stack([m(x[0]) for m in models]))
     assert isinstance(stack_models(_models(LeNet5, 1)), StackedModel)
+
+
+def test_cpu_inference_runs_the_sparse_kernel_and_matches_loop_with_masks():
+    models = [m.eval() for m in _models(LeNet5, 3)]
+    stack = stack_models(models).eval()
+    masks = [(torch.rand_like(layer.weight) > 0.7).float() for _, layer in stack.stacked_layers()]
+    stack.set_masks(masks)
+    convs = [layer for _, layer in stack.stacked_layers() if isinstance(layer, StackedConv2d)]
+    x = torch.rand(3, 5, 1, 28, 28)
+    shared = torch.rand(9, 1, 28, 28)
+    probe = torch.zeros(1, 3, 8, 8)
+    assert not convs[0].uses_sparse_kernel(probe)  # gradients needed: the differentiable path
+    with torch.no_grad():
+        assert all(conv.uses_sparse_kernel(probe) for conv in convs)
+        for _ in range(2):  # the second round runs on weights changed in place (cache refreshed)
+            singles = stack.to_modules()
+            expected = torch.stack([m(xi) for m, xi in zip(singles, x, strict=True)])
+            torch.testing.assert_close(stack(x), expected, rtol=1e-4, atol=1e-5)
+            expected_shared = torch.stack([m(shared) for m in singles])
+            torch.testing.assert_close(stack.forward_shared(shared, chunk_size=4), expected_shared, rtol=1e-4,
+                                       atol=1e-5)
+            convs[1].weight.mul_(1.5)
+        cnn = [m.eval() for m in _models(_small_cnn, 2)]  # conv → BN → ReLU: no fusion, plain sparse conv
+        cnn_stack = stack_models(cnn).eval()
+        xs = torch.rand(2, 4, 2, 6, 6)
+        torch.testing.assert_close(cnn_stack(xs), torch.stack([m(xi) for m, xi in zip(cnn, xs, strict=True)]),
+                                   rtol=1e-4, atol=1e-5)

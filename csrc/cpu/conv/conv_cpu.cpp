@@ -66,7 +66,7 @@ Geometry make_geometry(const Tensor& x, int64_t Cout, at::IntArrayRef kernel_siz
 // an output row at least 32 elements and whole 16-lane vectors.
 int64_t chunk_batch(const Geometry& g) {
   if (g.B == 1 || g.Wo >= 16) return 1;
-  if (const char* env = std::getenv("SPARSEMIA_CONV_BT")) return std::min<int64_t>(g.B, std::atoi(env));
+  if (const char* env = std::getenv("SPARSEMIA_CONV_BT")) return std::max<int64_t>(1, std::min<int64_t>(g.B, std::atoi(env)));
   int64_t bt = 1;
   while (bt < 16 && (g.Wo * bt < 32 || (g.Wo * bt) % 16 != 0)) bt *= 2;
   return std::min(bt, g.B);
@@ -171,13 +171,13 @@ void pack_chunk(const T* x, const Geometry& g, const Packed& pk, int64_t b0, int
   }
 }
 
-// Y'[Cout][Ho][Wo][bt] (channels [c0, c1)) -> y[b0 + bb][co][oh][ow].
+// Y'[c1 - c0][Ho][Wo][bt] (channels [c0, c1), staged from c0) -> y[b0 + bb][co][oh][ow].
 template <typename T>
 void unpack_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int64_t c0, int64_t c1, T* y) {
   const int64_t hw = g.Ho * g.Wo, img = g.Cout * hw;
   for (int64_t co = c0; co < c1; ++co)
     for (int64_t i = 0; i < hw; ++i) {
-      const T* s = ytmp + (co * hw + i) * bt;
+      const T* s = ytmp + ((co - c0) * hw + i) * bt;
       T* d = y + b0 * img + co * hw + i;
       for (int64_t bb = 0; bb < bt; ++bb) d[bb * img] = s[bb];
     }
@@ -194,29 +194,39 @@ inline T relu_nan(T v) {
   return v > T(0) || v != v ? v : T(0);
 }
 
-// relu(max over each window) of channels [c0, c1) of one image [Cout][Ho][Wo]
-// -> y[co][Ho / pool][Wo / pool].
+// relu(max over each window) of channels [c0, c1) of one image, staged from c0 as [c1 - c0][Ho][ld],
+// -> y[co][Ho / pool][Wo / pool]. The window's rows are combined first
+// (contiguous runs), then neighbouring columns.
 template <typename T>
-void relu_pool_image(const T* src, const Geometry& g, int64_t pool, int64_t c0, int64_t c1, T* y) {
-  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, hw = g.Ho * g.Wo;
+void relu_pool_image(const T* src, int64_t ld, const Geometry& g, int64_t pool, int64_t c0, int64_t c1, T* y) {
+  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, hw = g.Ho * ld, n = wp * pool;
+  std::vector<T> rowmax(n);
+  T* rm = rowmax.data();
   for (int64_t co = c0; co < c1; ++co) {
-    const T* s = src + co * hw;
+    const T* s = src + (co - c0) * hw;
     T* d = y + co * hp * wp;
     for (int64_t i = 0; i < hp; ++i) {
-      T* drow = d + i * wp;
-      const T* s0 = s + i * pool * g.Wo;
-      for (int64_t j = 0; j < wp; ++j) drow[j] = s0[j * pool];
-      for (int64_t r = 0; r < pool; ++r) {
-        const T* srow = s0 + r * g.Wo;
-        for (int64_t c = (r == 0 ? 1 : 0); c < pool; ++c)
-          for (int64_t j = 0; j < wp; ++j) drow[j] = max_nan(drow[j], srow[j * pool + c]);
+      const T* s0 = s + i * pool * ld;
+      std::memcpy(rm, s0, n * sizeof(T));
+      for (int64_t r = 1; r < pool; ++r) {
+        const T* sr = s0 + r * ld;
+        for (int64_t j = 0; j < n; ++j) rm[j] = max_nan(rm[j], sr[j]);
       }
-      for (int64_t j = 0; j < wp; ++j) drow[j] = relu_nan(drow[j]);
+      T* drow = d + i * wp;
+      if (pool == 2) {
+        for (int64_t j = 0; j < wp; ++j) drow[j] = relu_nan(max_nan(rm[2 * j], rm[2 * j + 1]));
+        continue;
+      }
+      for (int64_t j = 0; j < wp; ++j) {
+        T m = rm[j * pool];
+        for (int64_t c = 1; c < pool; ++c) m = max_nan(m, rm[j * pool + c]);
+        drow[j] = relu_nan(m);
+      }
     }
   }
 }
 
-// As relu_pool_image, from Y'[Cout][Ho][Wo][bt] (channels [c0, c1)) into images b0 .. b0 + bt of y.
+// As relu_pool_image, from Y'[c1 - c0][Ho][Wo][bt] (staged from c0) into images b0 .. b0 + bt of y.
 template <typename T>
 void relu_pool_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int64_t pool, int64_t c0, int64_t c1,
                      T* y) {
@@ -227,11 +237,11 @@ void relu_pool_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, i
       for (int64_t j = 0; j < wp; ++j) {
         for (int64_t b = 0; b < bt; b += 16) {
           const int64_t n = std::min<int64_t>(16, bt - b);
-          const T* first = ytmp + ((co * g.Ho + i * pool) * g.Wo + j * pool) * bt + b;
+          const T* first = ytmp + (((co - c0) * g.Ho + i * pool) * g.Wo + j * pool) * bt + b;
           for (int64_t bb = 0; bb < n; ++bb) m[bb] = first[bb];
           for (int64_t r = 0; r < pool; ++r)
             for (int64_t c = 0; c < pool; ++c) {
-              const T* s = ytmp + ((co * g.Ho + i * pool + r) * g.Wo + j * pool + c) * bt + b;
+              const T* s = ytmp + (((co - c0) * g.Ho + i * pool + r) * g.Wo + j * pool + c) * bt + b;
               for (int64_t bb = 0; bb < n; ++bb) m[bb] = max_nan(m[bb], s[bb]);
             }
           T* d = y + (b0 + b) * img + (co * hp + i) * wp + j;
@@ -421,6 +431,46 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
   const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
   const int64_t img_y = pool > 0 ? g.Cout * (g.Ho / pool) * (g.Wo / pool) : img_out;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
+  // Output channels [c0, c1) of chunk c from packed input xp. When the output
+  // needs unpacking or the epilogue, it is computed a block of channels at a time
+  // into a staging buffer yt ([stage_block][Ho][Wo][bt], about 256 KiB) that is
+  // still in L2 when it is read back.
+  // One image at a time with the epilogue: staged rows are padded to whole
+  // vectors (where that adds at most a quarter) so that every tile is full
+  // width; the kernel then reads that far past a packed row (slack below).
+  const int64_t vec = 64 / int64_t(sizeof(T));
+  const int64_t padded = (g.Wo + vec - 1) / vec * vec;
+  const int64_t stage_ld = ch.bt == 1 && pool > 0 && !in_place && 4 * (padded - g.Wo) <= g.Wo ? padded : g.Wo;
+  const int64_t slack = stage_ld - g.Wo + vec;
+  const int64_t stage_hw = g.Ho * stage_ld;
+  const int64_t stage_block = std::max<int64_t>(1, (int64_t(256) << 10) / int64_t(sizeof(T) * stage_hw * ch.bt));
+  const int64_t stage_size = std::min(stage_block, g.Cout) * stage_hw * ch.bt;
+  const auto run_channels = [&](int64_t c, const T* xp, T* yt, int64_t c0, int64_t c1) {
+    const int last = c == ch.count - 1 ? 1 : 0;
+    const Packed& pk = plan.layout[last];
+    const int64_t b0 = c * ch.bt;
+    if (pk.bt == 1 && pool == 0) {
+      kt.rows(args_for(c, xp, y + b0 * img_out, true), c0, c1, 0, pk.out_rows);
+      return;
+    }
+    auto a = args_for(c, xp, yt, pk.bt == 1);
+    if (pk.bt == 1 && stage_ld != g.Wo) {
+      if (a.band_len == a.len) a.band_len = stage_ld;
+      a.len = a.y_oh = stage_ld;
+      a.y_co = stage_hw;
+    }
+    for (int64_t s0 = c0; s0 < c1; s0 += stage_block) {
+      const int64_t s1 = std::min(c1, s0 + stage_block);
+      a.y_co0 = s0;
+      kt.rows(a, s0, s1, 0, pk.out_rows);
+      if (pool == 0)
+        unpack_chunk<T>(yt, g, b0, pk.bt, s0, s1, y);
+      else if (pk.bt == 1)
+        relu_pool_image<T>(yt, pk.bt == 1 ? stage_ld : g.Wo, g, pool, s0, s1, y + b0 * img_y);
+      else
+        relu_pool_chunk<T>(yt, g, b0, pk.bt, pool, s0, s1, y);
+    }
+  };
 
   if (!threaded || ch.count % threads == 0 || ch.count >= 4 * threads) {
     // Whole chunks per task: each thread packs its chunk into its own buffer
@@ -435,25 +485,14 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
         const T* xp = x + b0 * img_in;
         if (!in_place) {
           if (buf_bt != pk.bt) {
-            buf = at::zeros({pk.size}, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+            buf = at::zeros({pk.size + slack}, opts);
             buf_bt = pk.bt;
           }
           pack_chunk<T>(x, g, pk, b0, 0, g.Cin, buf.data_ptr<T>());
           xp = buf.data_ptr<T>();
         }
-        if (pk.bt == 1 && pool == 0) {
-          kt.rows(args_for(c, xp, y + b0 * img_out, true), 0, g.Cout, 0, pk.out_rows);
-          continue;
-        }
-        if (!ytmp.defined()) ytmp = at::empty({img_out * ch.bt}, opts);
-        T* yt = ytmp.data_ptr<T>();
-        kt.rows(args_for(c, xp, yt, pk.bt == 1), 0, g.Cout, 0, pk.out_rows);
-        if (pool == 0)
-          unpack_chunk<T>(yt, g, b0, pk.bt, 0, g.Cout, y);
-        else if (pk.bt == 1)
-          relu_pool_image<T>(yt, g, pool, 0, g.Cout, y + b0 * img_y);
-        else
-          relu_pool_chunk<T>(yt, g, b0, pk.bt, pool, 0, g.Cout, y);
+        if (!ytmp.defined() && (pk.bt > 1 || pool > 0)) ytmp = at::empty({stage_size}, opts);
+        run_channels(c, xp, ytmp.defined() ? ytmp.data_ptr<T>() : nullptr, 0, g.Cout);
       }
     });
     return;
@@ -463,7 +502,7 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
   const int64_t chunk_size = plan.layout[0].size;
   Tensor packed;
   if (!in_place) {
-    packed = at::zeros({ch.count * chunk_size}, opts);
+    packed = at::zeros({ch.count * chunk_size + slack}, opts);
     T* pp = packed.data_ptr<T>();
     at::parallel_for(0, ch.count * g.Cin, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
@@ -473,27 +512,17 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
       }
     });
   }
-  Tensor ytmp = ch.bt > 1 || pool > 0 ? at::empty({ch.count * img_out * ch.bt}, opts) : Tensor();
+  const bool staged = ch.bt > 1 || pool > 0;
   const int64_t parts = std::min<int64_t>(g.Cout, (4 * threads + ch.count - 1) / ch.count);
   const auto bounds = balanced_channels(plan.crow, parts, 4);
   run_tasks(ch.count * parts, threaded, [&](int64_t begin, int64_t end) {
+    const Tensor ytmp = staged ? at::empty({stage_size}, opts) : Tensor();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c = t / parts, part = t % parts;
       const int64_t b0 = c * ch.bt, c0 = bounds[part], c1 = bounds[part + 1];
       const Packed& pk = plan.layout[c == ch.count - 1 ? 1 : 0];
       const T* xp = in_place ? x + b0 * img_in : packed.data_ptr<T>() + c * chunk_size;
-      if (pk.bt == 1 && pool == 0) {
-        kt.rows(args_for(c, xp, y + b0 * img_out, true), c0, c1, 0, pk.out_rows);
-        continue;
-      }
-      T* yt = ytmp.data_ptr<T>() + c * img_out * ch.bt;
-      kt.rows(args_for(c, xp, yt, pk.bt == 1), c0, c1, 0, pk.out_rows);
-      if (pool == 0)
-        unpack_chunk<T>(yt, g, b0, pk.bt, c0, c1, y);
-      else if (pk.bt == 1)
-        relu_pool_image<T>(yt, g, pool, c0, c1, y + b0 * img_y);
-      else
-        relu_pool_chunk<T>(yt, g, b0, pk.bt, pool, c0, c1, y);
+      run_channels(c, xp, staged ? ytmp.data_ptr<T>() : nullptr, c0, c1);
     }
   });
 }

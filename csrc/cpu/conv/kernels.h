@@ -26,7 +26,7 @@ struct ConvArgs {
   const T* x;             // packed input X' of one chunk
   int64_t x_row;          // elements of X' between the inputs of output rows oh and oh + 1
   int64_t len;            // elements per output row (Wo * Bt)
-  T* y;                   // output: row (co, oh) starts at y + co * y_co + oh * y_oh
+  T* y;                   // output: row (co, oh) starts at y + (co - y_co0) * y_co + oh * y_oh
   int64_t y_co, y_oh;
   const T* bias;  // [Cout] or nullptr
   // Cache blocking. Output rows are computed in bands of `band_rows` rows and
@@ -38,6 +38,7 @@ struct ConvArgs {
   const int64_t* seg;
   int64_t nseg;
   int64_t band_rows, band_len;
+  int64_t y_co0 = 0;  // first output channel y holds (a staging buffer holds a block of them)
 };
 
 // Gradient of the loss with respect to each stored weight (SDDMM-like):

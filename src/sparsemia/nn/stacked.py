@@ -7,12 +7,17 @@ fill the vector units (LeNet-5's first conv has 6 output channels). A
 dimension and computes all of them in one pass:
 
 * convolutions are grouped convolutions (``groups=M``) on activations laid out as
-  ``[B, M*C, H, W]`` (model-major channels), channels-last in memory;
+  ``[B, M*C, H, W]`` (model-major channels). In inference on the CPU, layers with
+  few input channels per model (LeNet-5's) or pruned weights run on sparsemia's
+  direct sparse convolution, each model's taps (only the kept ones, when masked)
+  stored as one CSR weight, with a following ReLU + max-pool fused in; others
+  run oneDNN's grouped convolution, channels-last in memory;
 * linear layers are batched matmuls (``baddbmm``) on ``[M, B, F]``;
 * a first convolution that every model applies to the *same* input (scoring) is
-  one GEMM over shared image patches; followed by ReLU and a 2×2 max-pool it is
-  fused as ``max over the four pool offsets of (patches @ W)`` (exact: max-pool
-  commutes with the per-channel bias and ReLU is monotone);
+  one convolution with ``M`` times the output channels, no grouping; followed by
+  ReLU and a 2×2 max-pool it is fused (the sparse kernel's epilogue on the CPU;
+  elsewhere ``max over the four pool offsets of (patches @ W)``, exact since
+  max-pool commutes with the per-channel bias and ReLU is monotone);
 * batch norm over ``M*C`` channels is exactly per-model batch norm.
 
 Each model may carry its own pruning mask per weight (``mask`` buffers with the
@@ -57,6 +62,23 @@ def _sequential_models() -> tuple[type, ...]:
     return (LeNet5, VGG16, MLP)
 
 
+def _pool_size(layer: nn.Module) -> int | None:
+    """k for an ``nn.MaxPool2d`` with kernel = stride = k, no padding or dilation, floor mode."""
+    if not isinstance(layer, nn.MaxPool2d) or layer.ceil_mode or layer.return_indices:
+        return None
+    k, st, p, d = (v if isinstance(v, tuple) else (v, v) for v in
+                   (layer.kernel_size, layer.stride, layer.padding, layer.dilation))
+    if k[0] != k[1] or st != k or p != (0, 0) or d != (1, 1):
+        return None
+    return int(k[0])
+
+
+# The direct sparse convolution beats oneDNN's grouped convolution when each model
+# sees few input channels, or when the stacked weight is mostly pruned.
+_SPARSE_KERNEL_MAX_CIN = 16
+_SPARSE_KERNEL_MAX_DENSITY = 0.4
+
+
 class StackedConv2d(nn.Module):
     """``M`` independent ``Conv2d`` layers (groups=1) as one grouped convolution.
 
@@ -85,12 +107,59 @@ class StackedConv2d(nn.Module):
         return self.weight if self.mask is None else self.weight * self.mask
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if self.uses_sparse_kernel(h):
+            return self.forward_sparse(h, self.num_models)
         w = self.effective_weight().reshape(-1, self.in_channels, *self.kernel_size)
         b = None if self.bias is None else self.bias.reshape(-1)
         return F.conv2d(h, w, b, self.stride, self.padding, self.dilation, groups=self.num_models)
 
+    # ---- inference on sparsemia's CPU convolution kernel
+    def uses_sparse_kernel(self, h: torch.Tensor) -> bool:
+        """Whether ``h`` goes through the direct sparse convolution: CPU inference (no gradient
+        needed), float32/64, the extension loaded, and few input channels or a mostly pruned weight."""
+        from sparsemia import ops
+
+        if h.device.type != "cpu" or h.dtype not in (torch.float32, torch.float64) or ops._C is None:
+            return False
+        if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        if self.in_channels <= _SPARSE_KERNEL_MAX_CIN:
+            return True
+        return self.mask is not None and float(self.mask.mean()) <= _SPARSE_KERNEL_MAX_DENSITY
+
+    def sparse_weight(self):
+        """The stacked weight ``[M*O, C, kh, kw]`` (masked entries dropped) as a CSR
+        :class:`~sparsemia.SparseWeight`, rebuilt only when the weight or mask changed."""
+        from sparsemia.formats import SparseWeight
+
+        mask = self.mask
+        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype,
+               None if mask is None else (mask.data_ptr(), mask._version))
+        cached = self.__dict__.get("_sparse_cache")
+        if cached is None or cached[0] != key:
+            w = self.weight.detach().reshape(-1, self.in_channels, *self.kernel_size)
+            m = None if mask is None else mask.reshape(w.shape) != 0
+            cached = (key, SparseWeight.from_dense(w, mask=m, format="csr"))
+            self.__dict__["_sparse_cache"] = cached
+        return cached[1]
+
+    def forward_sparse(self, h: torch.Tensor, groups: int, relu_pool: int | None = None) -> torch.Tensor:
+        """The convolution on the sparse CPU kernel, ``groups=M`` (per-model inputs) or ``1`` (one
+        input shared by all models); ``relu_pool=k`` fuses a following ReLU and k×k max-pool."""
+        from sparsemia import ops
+
+        w = self.sparse_weight()
+        b = None if self.bias is None else self.bias.detach().reshape(-1)
+        h = h.contiguous()
+        if relu_pool is None:
+            return ops.sparse_conv2d(h, w, b, self.stride, self.padding, self.dilation, groups, backend="cpu")
+        return ops.sparse_conv2d_relu_pool(h, w, b, self.stride, self.padding, self.dilation, groups, relu_pool,
+                                           backend="cpu")
+
     def forward_shared(self, x: torch.Tensor) -> torch.Tensor:
-        """All models on the same input ``[B, C, H, W]`` → ``[B, M*O, H', W']`` (one dense conv)."""
+        """All models on the same input ``[B, C, H, W]`` → ``[B, M*O, H', W']`` (one convolution)."""
+        if self.uses_sparse_kernel(x):
+            return self.forward_sparse(x, 1)
         w = self.effective_weight().reshape(-1, self.in_channels, *self.kernel_size)
         b = None if self.bias is None else self.bias.reshape(-1)
         return F.conv2d(x, w, b, self.stride, self.padding, self.dilation)
@@ -226,7 +295,13 @@ class StackedModel(nn.Module):
         i = start
         while i < len(layers):
             layer = layers[i]
-            if isinstance(layer, StackedConv2d) and h.dim() == 4 and h.device.type == "cpu":
+            if isinstance(layer, StackedConv2d) and layer.uses_sparse_kernel(h):
+                pool = self._relu_pool_after(i)
+                if pool is not None:
+                    h = layer.forward_sparse(h, self.num_models, pool)
+                    i += 3 if pool > 1 or self._pool_at(i + 2) == 1 else 2
+                    continue
+            elif isinstance(layer, StackedConv2d) and h.dim() == 4 and h.device.type == "cpu":
                 # oneDNN's grouped convolution is fastest channels-last on CPU
                 h = h.contiguous(memory_format=torch.channels_last)
             if isinstance(layer, nn.ReLU) and i + 1 < len(layers) and isinstance(layers[i + 1], nn.MaxPool2d):
@@ -239,6 +314,15 @@ class StackedModel(nn.Module):
         if h.dim() != 3:
             raise ValueError("model: the stacked model must end in linear layers (output [M, B, classes])")
         return h
+
+    def _pool_at(self, i: int) -> int | None:
+        return _pool_size(self.layers[i]) if i < len(self.layers) else None
+
+    def _relu_pool_after(self, i: int) -> int | None:
+        """k when layer i is followed by ReLU and a k×k max-pool (1: by a ReLU alone), else None."""
+        if i + 1 >= len(self.layers) or not isinstance(self.layers[i + 1], nn.ReLU):
+            return None
+        return self._pool_at(i + 2) or 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.num_models
@@ -257,13 +341,13 @@ class StackedModel(nn.Module):
     def forward_shared(self, x: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
         """All models on the same inputs ``[B, *sample_shape]`` → ``[M, B, classes]``.
 
-        Convolutional models run ``chunk_size`` inputs at a time (default: 32 on the
+        Convolutional models run ``chunk_size`` inputs at a time (default: 64 on the
         CPU, where the ``M``-times wider activations of small chunks stay in cache;
         the whole batch elsewhere).
         """
         first = self.layers[0]
         if chunk_size is None:
-            chunk_size = 32 if x.device.type == "cpu" else max(x.shape[0], 1)
+            chunk_size = 64 if x.device.type == "cpu" else max(x.shape[0], 1)
         if chunk_size < 1:
             raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
         if isinstance(first, StackedConv2d):
@@ -281,6 +365,11 @@ class StackedModel(nn.Module):
             and conv.stride == (1, 1)
             and conv.dilation == (1, 1)
         )
+        if conv.uses_sparse_kernel(x):
+            pool = self._relu_pool_after(0)
+            if pool is None:
+                return self._run(conv.forward_sparse(x, 1), 1)
+            return self._run(conv.forward_sparse(x, 1, pool), 3 if pool > 1 or self._pool_at(2) == 1 else 2)
         if not fusable:
             return self._run(conv.forward_shared(x), 1)
         # conv → ReLU → maxpool(2) as one GEMM per pool offset over patches shared by all models
