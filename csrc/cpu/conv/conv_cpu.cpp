@@ -463,12 +463,15 @@ void conv_forward(const T* x, const Geometry& g, const Plan& plan, const Chunks&
       const int64_t s1 = std::min(c1, s0 + stage_block);
       a.y_co0 = s0;
       kt.rows(a, s0, s1, 0, pk.out_rows);
-      if (pool == 0)
+      if (pool == 0) {
         unpack_chunk<T>(yt, g, b0, pk.bt, s0, s1, y);
-      else if (pk.bt == 1)
-        relu_pool_image<T>(yt, pk.bt == 1 ? stage_ld : g.Wo, g, pool, s0, s1, y + b0 * img_y);
-      else
+      } else if (pk.bt > 1) {
         relu_pool_chunk<T>(yt, g, b0, pk.bt, pool, s0, s1, y);
+      } else if (pool == 2) {  // the common case, vectorised per ISA
+        kt.relu_pool2(yt, s1 - s0, g.Ho, stage_ld, g.Wo / 2, y + b0 * img_y + s0 * (g.Ho / 2) * (g.Wo / 2));
+      } else {
+        relu_pool_image<T>(yt, stage_ld, g, pool, s0, s1, y + b0 * img_y);
+      }
     }
   };
 
