@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsemia.nn.convert import _pool_size
+
 __all__ = [
     "StackedConv2d",
     "StackedLinear",
@@ -60,17 +62,6 @@ def _sequential_models() -> tuple[type, ...]:
     from sparsemia.models import MLP, VGG16, LeNet5
 
     return (LeNet5, VGG16, MLP)
-
-
-def _pool_size(layer: nn.Module) -> int | None:
-    """k for an ``nn.MaxPool2d`` with kernel = stride = k, no padding or dilation, floor mode."""
-    if not isinstance(layer, nn.MaxPool2d) or layer.ceil_mode or layer.return_indices:
-        return None
-    k, st, p, d = (v if isinstance(v, tuple) else (v, v) for v in
-                   (layer.kernel_size, layer.stride, layer.padding, layer.dilation))
-    if k[0] != k[1] or st != k or p != (0, 0) or d != (1, 1):
-        return None
-    return int(k[0])
 
 
 # The direct sparse convolution beats oneDNN's grouped convolution when each model
