@@ -202,6 +202,12 @@ def test_the_operator_checks_its_raw_inputs():
         op(x, sw.crow_indices, bad_col, sw.values, None, [3, 3], [1, 1], [0, 0], [1, 1], 1)
     with pytest.raises(RuntimeError, match="groups"):
         op(x, sw.crow_indices, sw.col_indices, sw.values, None, [3, 3], [1, 1], [0, 0], [1, 1], 3)
+    first_row = slice(int(sw.crow_indices[0]), int(sw.crow_indices[1]))
+    unsorted = sw.col_indices.clone()
+    unsorted[first_row] = unsorted[first_row].flip(0)
+    assert int(sw.crow_indices[1]) >= 2  # the first row has two taps to swap
+    with pytest.raises(RuntimeError, match="sorted"):
+        op(x, sw.crow_indices, unsorted, sw.values, None, [3, 3], [1, 1], [0, 0], [1, 1], 1)
 
 
 # ---- BSR weights on the cpu backend: the CSR kernel on the expanded block pattern.

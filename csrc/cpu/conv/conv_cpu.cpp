@@ -133,6 +133,8 @@ void tap_offsets(const Tensor& crow, const Tensor& col, const Geometry& g, const
     for (int64_t q = rp[co]; q < rp[co + 1]; ++q) {
       const int64_t c = cp[q];
       TORCH_CHECK(c >= 0 && c < K, op, ": column index ", c, " out of range [0, ", K, ")");
+      // the input-channel blocks (make_blocking) take each row's taps in column order
+      TORCH_CHECK(q == rp[co] || c >= int64_t(cp[q - 1]), op, ": col must be sorted within each row");
       offset[q] = int32_t(group_offset + column_offset[c]);
     }
   }
