@@ -196,7 +196,8 @@ inline T relu_nan(T v) {
   return v > T(0) || v != v ? v : T(0);
 }
 
-// relu(max over each window) of channels [c0, c1) of one image, staged from c0 as [c1 - c0][Ho][ld],
+// relu(max over each window) of channels [c0, c1) of one image, staged from c0 as [c1 - c0][Ho][ld]
+// (windows other than 2x2, which the per-ISA relu_pool2 kernel takes),
 // -> y[co][Ho / pool][Wo / pool]. The window's rows are combined first
 // (contiguous runs), then neighbouring columns.
 template <typename T>
@@ -215,10 +216,6 @@ void relu_pool_image(const T* src, int64_t ld, const Geometry& g, int64_t pool, 
         for (int64_t j = 0; j < n; ++j) rm[j] = max_nan(rm[j], sr[j]);
       }
       T* drow = d + i * wp;
-      if (pool == 2) {
-        for (int64_t j = 0; j < wp; ++j) drow[j] = relu_nan(max_nan(rm[2 * j], rm[2 * j + 1]));
-        continue;
-      }
       for (int64_t j = 0; j < wp; ++j) {
         T m = rm[j * pool];
         for (int64_t c = 1; c < pool; ++c) m = max_nan(m, rm[j * pool + c]);
@@ -232,7 +229,7 @@ void relu_pool_image(const T* src, int64_t ld, const Geometry& g, int64_t pool, 
 template <typename T>
 void relu_pool_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int64_t pool, int64_t c0, int64_t c1,
                      T* y) {
-  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, hw = g.Ho * g.Wo, img = g.Cout * hp * wp;
+  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, img = g.Cout * hp * wp;
   T m[16];
   for (int64_t co = c0; co < c1; ++co)
     for (int64_t i = 0; i < hp; ++i)
@@ -250,7 +247,6 @@ void relu_pool_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, i
           for (int64_t bb = 0; bb < n; ++bb) d[bb * img] = relu_nan(m[bb]);
         }
       }
-  (void)hw;
 }
 
 // dy[b0 + bb][co][oh][ow] -> dY'[Cout][Ho][Wo][bt].
