@@ -42,9 +42,17 @@ SHAPES = [
 ]
 
 
+@pytest.fixture(params=["taps", "columns"])
+def entries(request, monkeypatch):
+    """Runs the test with single taps and with column groups (zero-filled where pruned)
+    wherever the geometry allows them (stride and dilation 1 in height, 3- or 5-high kernels)."""
+    monkeypatch.setenv("SPARSEMIA_CONV_COLUMNS", "2" if request.param == "taps" else "0")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
-def test_matches_conv2d(isa, shape, dtype):
+def test_matches_conv2d(isa, entries, shape, dtype):
     B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
     w = pruned_kernel(cout, cin // groups, *k, 0.7, dtype, empty_channels=1)
     x = torch.randn(B, cin, H, W, dtype=dtype)
@@ -68,6 +76,17 @@ def test_formats_and_backends_agree(fmt):
     torch.testing.assert_close(sparse_conv2d(x, sw, padding=1, backend="reference"), ref)
     torch.testing.assert_close(sparse_conv2d(x, sw, padding=1, backend="cpu"), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(sparse_conv2d(x, sw, padding=1), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_dense_kernels_take_column_groups_by_default(isa, k):
+    # complete columns: grouped by default, same result as single taps (up to summation order)
+    for B, H in ((2, 34), (16, 7)):  # wide rows (one image per chunk), narrow rows (batch innermost)
+        w = torch.randn(9, 4, k, k, dtype=torch.float64)
+        x = torch.randn(B, 4, H, H, dtype=torch.float64)
+        bias = torch.randn(9, dtype=torch.float64)
+        y = sparse_conv2d(x, SparseWeight.from_dense(w), bias, padding=k // 2, backend="cpu")
+        torch.testing.assert_close(y, F.conv2d(x, w, bias, padding=k // 2))
 
 
 def test_all_zero_weight_gives_the_bias(isa):
@@ -289,7 +308,7 @@ RELU_POOL_CASES = [(shape, pool) for shape in RELU_POOL_SHAPES for pool in (1, 2
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape,pool", RELU_POOL_CASES, ids=lambda c: "x".join(map(str, c[:5])) if isinstance(c, tuple) else str(c))
-def test_relu_pool_matches_the_three_ops(isa, shape, pool, dtype):
+def test_relu_pool_matches_the_three_ops(isa, entries, shape, pool, dtype):
     B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
     w = pruned_kernel(cout, cin // groups, *k, 0.6, dtype, empty_channels=1)
     x = torch.randn(B, cin, H, W, dtype=dtype)

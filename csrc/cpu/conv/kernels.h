@@ -39,7 +39,17 @@ struct ConvArgs {
   int64_t nseg;
   int64_t band_rows, band_len;
   int64_t y_co0 = 0;  // first output channel y holds (a staging buffer holds a block of them)
+  // Column groups (stride and dilation 1 in height). kgroup = kh > 0: each stored
+  // entry p is one (input channel, kx) column of kh taps, zero where pruned, with
+  // values[p * kh + ky] and offset[p] the input of its ky = 0 tap; tap ky of
+  // output row oh reads row oh + ky, i.e. offset[p] + (oh + ky) * x_row. A tile of
+  // R output rows then loads each of its R + kh - 1 input rows once for R * kh
+  // multiply-adds instead of once per multiply-add. 0: single taps.
+  int64_t kgroup = 0;
 };
+
+// Kernel heights the column-group kernels are compiled for.
+constexpr bool column_groups_supported(int64_t kh) { return kh == 3 || kh == 5; }
 
 // Gradient of the loss with respect to each stored weight (SDDMM-like):
 //     out[p] += sum_oh dot(dy[co, oh, 0:len], X'[offset[p] + oh * x_row + 0:len])
@@ -66,6 +76,11 @@ struct ConvKernelTable {
   // [Ho / 2][wp] planes at dst (NaN kept). Reads whole vectors up to row
   // element ld - 1 (ld >= 2 * wp).
   void (*relu_pool2)(const T* src, int64_t planes, int64_t Ho, int64_t ld, int64_t wp, T* dst);
+  // pool x pool max-pool + ReLU of `planes` batch-innermost planes [Ho][Wo][bt]
+  // into bt images: plane p's output (i, j) of image b goes to
+  // dst[b * img + (p * (Ho / pool) + i) * (Wo / pool) + j] (NaN kept).
+  void (*relu_pool_batch)(const T* src, int64_t planes, int64_t Ho, int64_t Wo, int64_t bt, int64_t pool, T* dst,
+                          int64_t img);
 };
 
 namespace scalar {
