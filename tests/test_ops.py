@@ -158,6 +158,26 @@ def test_weight_gradient_only_at_stored_entries():
     torch.testing.assert_close(values.grad, dense_w.grad[dense != 0])
 
 
+@pytest.mark.parametrize("fmt,kw", [("csr", {}), ("bsr", {"block": (4, 4)})], ids=["csr", "bsr"])
+def test_inference_calls_skip_autograd_and_training_calls_keep_it(fmt, kw):
+    # calls that need no gradient go straight to the kernel; the result is the same either way
+    w = SparseWeight.from_dense(random_pruned(24, 40, 0.8), format=fmt, **kw)
+    x, bias = torch.randn(3, 40), torch.randn(24)
+    ref = F.linear(x, w.to_dense(), bias)
+    with torch.no_grad():
+        torch.testing.assert_close(sm.ops.sparse_linear(x, w, bias), ref)
+    with torch.inference_mode():
+        torch.testing.assert_close(sm.ops.sparse_linear(x, w, bias), ref)
+    y = sm.ops.sparse_linear(x, w, bias)  # grad mode, nothing requires grad
+    assert y.grad_fn is None
+    torch.testing.assert_close(y, ref)
+    values = w.values.clone().requires_grad_(True)
+    y = sm.ops.sparse_linear(x, w.with_values(values), bias)
+    assert y.grad_fn is not None
+    y.sum().backward()
+    assert values.grad is not None and values.grad.shape == values.shape
+
+
 def test_stacked_linear_matches_per_model_and_gradcheck():
     weights = [SparseWeight.from_dense(random_pruned(12, 10, s, torch.float64)) for s in (0.2, 0.9, 1.0)]
     x = torch.randn(3, 4, 10, dtype=torch.float64, requires_grad=True)

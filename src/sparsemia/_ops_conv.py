@@ -26,6 +26,7 @@ from sparsemia.ops import (
     _C,
     _CPU_DTYPES,
     _EXTENSION_ERROR,
+    _below_autograd,
     _check_bias,
     _check_operand,
     _check_weight,
@@ -236,8 +237,9 @@ def _bsr_as_csr(w: SparseWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def _cpu_conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
     crow, col, values = _bsr_as_csr(w) if w.format == "bsr" else w.csr()
-    return torch.ops.sparsemia.csr_conv2d(
-        x, crow, col, values, bias, list(w.shape[2:]), list(stride), list(padding), list(dilation), groups
+    return _below_autograd(
+        torch.ops.sparsemia.csr_conv2d,
+        x, crow, col, values, bias, list(w.shape[2:]), list(stride), list(padding), list(dilation), groups,
     )
 
 

@@ -329,6 +329,17 @@ def _cpu_supports(w: SparseWeight, *tensors: torch.Tensor | None) -> str | None:
     return None
 
 
+def _below_autograd(op, *args):
+    """``op(*args)``, skipping the op's Python autograd wrapper (a few µs per call) when
+    no gradient is needed: inference calls on small layers are bound by such fixed costs."""
+    if (torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)) or (
+        torch.compiler.is_compiling()
+    ):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _bsr_padded(w: SparseWeight) -> tuple[int, int]:
     br, bc = w.block
     rows, cols = w.matrix_shape
@@ -342,10 +353,10 @@ def _cpu_spmm(w: SparseWeight, x: torch.Tensor) -> torch.Tensor:
         mp, kp = _bsr_padded(w)
         if kp != cols:
             x = F.pad(x, (0, 0, 0, kp - cols))
-        y = ops.bsr_spmm(w.crow_indices, w.col_indices, w.values, x)
+        y = _below_autograd(ops.bsr_spmm, w.crow_indices, w.col_indices, w.values, x)
         return y[:rows] if mp != rows else y
     crow, col, values = w.csr()
-    return ops.csr_spmm(crow, col, values, x)
+    return _below_autograd(ops.csr_spmm, crow, col, values, x)
 
 
 def _cpu_linear(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None) -> torch.Tensor:
@@ -357,10 +368,10 @@ def _cpu_linear(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None) -> 
             x = F.pad(x, (0, kp - cols))
         if bias is not None and mp != rows:
             bias = F.pad(bias, (0, mp - rows))
-        y = ops.bsr_linear(x, w.crow_indices, w.col_indices, w.values, bias)
+        y = _below_autograd(ops.bsr_linear, x, w.crow_indices, w.col_indices, w.values, bias)
         return y[:, :rows] if mp != rows else y
     crow, col, values = w.csr()
-    return ops.csr_linear(x, crow, col, values, bias)
+    return _below_autograd(ops.csr_linear, x, crow, col, values, bias)
 
 
 def _stack_csr(weights: list[SparseWeight]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -375,7 +386,7 @@ def _stack_csr(weights: list[SparseWeight]) -> tuple[torch.Tensor, torch.Tensor,
 
 def _cpu_stacked(x: torch.Tensor, weights: list[SparseWeight], bias: torch.Tensor | None) -> torch.Tensor:
     crow, col, values = _stack_csr(weights)
-    return torch.ops.sparsemia.stacked_csr_linear(x, crow, col, values, bias)
+    return _below_autograd(torch.ops.sparsemia.stacked_csr_linear, x, crow, col, values, bias)
 
 
 register_impl("spmm", "cpu", _cpu_spmm, lambda w, x: _cpu_supports(w, x), priority=10)
