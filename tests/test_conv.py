@@ -292,6 +292,7 @@ RELU_POOL_SHAPES = [SHAPES[i] for i in (0, 1, 2, 3, 4, 6, 8)] + [
     (32, 6, 16, 14, 14, (5, 5), 1, 0, 1, 1),  # LeNet-5's second conv: narrow rows, several chunks
     (3, 1, 6, 28, 28, (5, 5), 1, 2, 1, 1),  # LeNet-5's first conv: wide rows, few images
     (2, 3, 4, 66, 70, (3, 3), 1, 1, 1, 1),  # rows of several vectors, padded staging, vector tail
+    (9, 4, 6, 8, 8, (3, 3), 1, 1, 1, 1),  # 8-wide rows: 4 images per chunk (quarter vectors), last chunk of one
 ]
 
 

@@ -102,13 +102,14 @@ Packed packed_layout(const Geometry& g, int64_t bt) {
   return p;
 }
 
-// The entries the kernels run over, per output channel: single stored taps, or
-// column groups (ConvArgs::kgroup): every (input channel, kx) column of a row
-// with any stored tap becomes one entry of kh taps, zero where pruned.
+// The entries the kernels run over, per output channel: single stored taps
+// (the CSR pattern itself), or column groups (ConvArgs::kgroup): every
+// (input channel, kx) column of a row with any stored tap becomes one entry of
+// kh taps, zero where pruned.
 struct Entries {
   std::vector<int64_t> crow;    // [Cout + 1]
-  std::vector<int64_t> column;  // kernel column ci * kh * kw + ky * kw + kx of each entry (ky = 0 for a group)
   int64_t kgroup = 0;
+  std::vector<int64_t> column;  // groups only: kernel column ci * kh * kw + kx of each group's ky = 0 tap
 };
 
 // Column groups are used for complete columns (every tap of every group stored,
@@ -119,12 +120,12 @@ struct Entries {
 // SPARSEMIA_CONV_COLUMNS=f (read per call) takes groups whenever the geometry
 // allows and at least a share f of their taps is stored (above 1: never); the
 // zeros filled in then multiply their inputs, so a NaN or Inf input reaches
-// outputs that a pruned tap would have kept it from.
-bool use_column_groups(int64_t nnz, int64_t groups, const Geometry& g, int64_t row_len, int64_t elem_size) {
-  const char* env = std::getenv("SPARSEMIA_CONV_COLUMNS");
-  const double fill = env ? std::atof(env) : 1.0;
-  if (double(nnz) < fill * double(groups * g.kh)) return false;
-  return env || g.kh >= 5 || row_len * elem_size >= 128;
+// outputs that a pruned tap would have kept it from. Returns the least fill
+// (0: none).
+double column_fill_wanted(const Geometry& g, int64_t row_len, int64_t elem_size) {
+  if (g.sh != 1 || g.dh != 1 || !column_groups_supported(g.kh)) return 0;
+  if (const char* env = std::getenv("SPARSEMIA_CONV_COLUMNS")) return std::atof(env) <= 1 ? std::max(std::atof(env), 1e-9) : 0;
+  return g.kh >= 5 || row_len * elem_size >= 128 ? 1.0 : 0;
 }
 
 // Checks the CSR pattern and builds the entries; with `values`, column groups
@@ -152,20 +153,28 @@ void make_entries(Entries& e, std::vector<T>& grouped, const Tensor& crow, const
   }
   e.crow[M] = nnz;
   e.kgroup = 0;
-  e.column.assign(cp, cp + nnz);
-  if (values == nullptr || g.sh != 1 || g.dh != 1 || !column_groups_supported(g.kh) || nnz == 0) return;
+  e.column.clear();
+  const double fill = values == nullptr || nnz == 0 ? 0 : column_fill_wanted(g, row_len, sizeof(T));
+  if (fill <= 0) return;
 
-  // Group g of a row is the first appearance of its (ci, kx) key; taps come in
+  // The group (ci, kx) of each kernel column and its ky, looked up per tap.
+  std::vector<int32_t> key(K), ky(K);
+  for (int64_t c = 0; c < K; ++c) key[c] = int32_t((c / kk) * g.kw + c % g.kw), ky[c] = int32_t((c % kk) / g.kw);
+  // Groups of a row are numbered in order of first appearance; taps come in
   // column order, so groups are ordered by input channel as the blocks need.
   std::vector<int64_t> stamp(g.cin_g * g.kw, -1), slot(g.cin_g * g.kw);
-  const auto key_of = [&](int64_t c) { return (c / kk) * g.kw + c % g.kw; };
   int64_t groups = 0;
-  for (int64_t co = 0; co < M; ++co)
+  for (int64_t co = 0; co < M; ++co) {
+    int64_t row_groups = 0;
     for (int64_t q = rp[co]; q < rp[co + 1]; ++q) {
-      const int64_t key = key_of(cp[q]);
-      if (stamp[key] != co) stamp[key] = co, ++groups;
+      const int64_t k = key[cp[q]];
+      if (stamp[k] != co) stamp[k] = co, ++row_groups;
     }
-  if (!use_column_groups(nnz, groups, g, row_len, sizeof(T))) return;
+    groups += row_groups;
+    // complete columns only (the default): the first incomplete one decides
+    if (fill >= 1 && (rp[co + 1] - rp[co]) != row_groups * g.kh) return;
+  }
+  if (double(nnz) < fill * double(groups * g.kh)) return;
   std::fill(stamp.begin(), stamp.end(), -1);
   e.kgroup = g.kh;
   e.column.resize(groups);
@@ -174,19 +183,21 @@ void make_entries(Entries& e, std::vector<T>& grouped, const Tensor& crow, const
   for (int64_t co = 0; co < M; ++co) {
     e.crow[co] = next;
     for (int64_t q = rp[co]; q < rp[co + 1]; ++q) {
-      const int64_t c = cp[q], key = key_of(c);
-      if (stamp[key] != co) {
-        stamp[key] = co, slot[key] = next;
-        e.column[next++] = (c / kk) * kk + c % g.kw;
+      const int64_t c = cp[q], k = key[c];
+      if (stamp[k] != co) {
+        stamp[k] = co, slot[k] = next;
+        e.column[next++] = c - ky[c] * g.kw;
       }
-      grouped[slot[key] * g.kh + (c % kk) / g.kw] += values[q];
+      grouped[slot[k] * g.kh + ky[c]] += values[q];
     }
   }
   e.crow[M] = next;
 }
 
-// Offset in X' of each entry (of its ky = 0 tap for a group).
-void entry_offsets(const Entries& e, const Geometry& g, const Packed& pk, std::vector<int32_t>& offset,
+// Offset in X' of each entry (of its ky = 0 tap for a group); `column` holds
+// each entry's kernel column.
+template <typename C>
+void entry_offsets(const Entries& e, const C* column, const Geometry& g, const Packed& pk, std::vector<int32_t>& offset,
                    const char* op) {
   TORCH_CHECK(pk.size < std::numeric_limits<int32_t>::max(), op, ": the packed input chunk (", pk.size,
               " elements) is too large for 32-bit offsets");
@@ -200,10 +211,10 @@ void entry_offsets(const Entries& e, const Geometry& g, const Packed& pk, std::v
     column_offset[c] = ci * pk.plane + ((ry % g.sh) * g.sw + rx % g.sw) * pk.phase + (ry / g.sh) * g.Wq * pk.bt +
                        (rx / g.sw) * pk.bt;
   }
-  offset.resize(e.column.size());
+  offset.resize(e.crow.back());
   for (int64_t co = 0; co < g.Cout; ++co) {
     const int64_t group_offset = (co / g.cout_g) * g.cin_g * pk.plane;
-    for (int64_t q = e.crow[co]; q < e.crow[co + 1]; ++q) offset[q] = int32_t(group_offset + column_offset[e.column[q]]);
+    for (int64_t q = e.crow[co]; q < e.crow[co + 1]; ++q) offset[q] = int32_t(group_offset + column_offset[column[q]]);
   }
 }
 
@@ -375,7 +386,9 @@ struct Blocking {
   std::vector<int64_t> seg;  // empty when nseg == 1
 };
 
-void make_blocking(Blocking& b, const Entries& e, const Geometry& g, const Packed& pk, int64_t elem_size) {
+template <typename C>
+void make_blocking(Blocking& b, const Entries& e, const C* column, const Geometry& g, const Packed& pk,
+                   int64_t elem_size) {
   const int64_t vec = 64 / elem_size;  // elements per 64-byte vector
   b.band_len = pk.len <= 8 * vec ? pk.len : 4 * vec;
   b.band_rows = pk.out_rows == 1 ? 1 : band_rows_default();
@@ -403,7 +416,7 @@ void make_blocking(Blocking& b, const Entries& e, const Geometry& g, const Packe
     int64_t* sg = b.seg.data() + co * (b.nseg + 1);
     for (int64_t s = 0; s < b.nseg; ++s) {
       sg[s] = p;
-      while (p < end && e.column[p] < (s + 1) * cols) ++p;
+      while (p < end && int64_t(column[p]) < (s + 1) * cols) ++p;
     }
     sg[b.nseg] = end;
   }
@@ -433,8 +446,15 @@ void make_plan(Plan<T>& plan, const Chunks& ch, const Tensor& crow, const Tensor
       break;
     }
     plan.layout[last] = packed_layout(g, last ? ch.last_bt : ch.bt);
-    entry_offsets(plan.entries, g, plan.layout[last], plan.offset[last], op);
-    make_blocking(plan.blocking[last], plan.entries, g, plan.layout[last], sizeof(T));
+    if (plan.entries.kgroup > 0) {
+      const int64_t* column = plan.entries.column.data();
+      entry_offsets(plan.entries, column, g, plan.layout[last], plan.offset[last], op);
+      make_blocking(plan.blocking[last], plan.entries, column, g, plan.layout[last], sizeof(T));
+    } else {
+      const I* column = col.data_ptr<I>();
+      entry_offsets(plan.entries, column, g, plan.layout[last], plan.offset[last], op);
+      make_blocking(plan.blocking[last], plan.entries, column, g, plan.layout[last], sizeof(T));
+    }
   }
 }
 
