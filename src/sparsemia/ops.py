@@ -115,21 +115,28 @@ def _requested(backend: str | None) -> str:
     return name
 
 
+_gpu_backends_loaded = False
+
+
 def _load_gpu_backends() -> None:
     # GPU backends register themselves when imported; import them only when a
     # GPU tensor (or the Triton interpreter) could use them.
+    global _gpu_backends_loaded
     import sparsemia._cuda_backend  # noqa: F401  (CUDA extension kernels and torch's 2:4 path)
 
     try:
         import sparsemia.kernels  # noqa: F401
     except ImportError as exc:
         logger.debug("Triton kernels unavailable: %s", exc)
+    _gpu_backends_loaded = True
 
 
 def select_backend(op: str, *args, backend: str | None = None) -> Impl:
     """The implementation of ``op`` that will run ``args``; see the module docstring."""
     name = _requested(backend)
-    if name in ("triton", "cuda") or any(isinstance(a, torch.Tensor) and a.is_cuda for a in args):
+    if not _gpu_backends_loaded and (
+        name in ("triton", "cuda") or any(isinstance(a, torch.Tensor) and a.is_cuda for a in args)
+    ):
         _load_gpu_backends()
     impls = _IMPLS.get(op, {})
     if name != "auto":
@@ -320,10 +327,11 @@ register_impl("stacked_sparse_linear", "reference", _ref_stacked, _always, prior
 def _cpu_supports(w: SparseWeight, *tensors: torch.Tensor | None) -> str | None:
     if _C is None:
         return f"the C++ extension is not loaded ({_EXTENSION_ERROR})"
-    if w.device.type != "cpu" or any(t is not None and t.device.type != "cpu" for t in tensors):
+    values = w.values
+    if not values.is_cpu or any(t is not None and not t.is_cpu for t in tensors):
         return "the cpu backend takes CPU tensors"
-    if w.dtype not in _CPU_DTYPES:
-        return f"the cpu backend takes float32 or float64, got {w.dtype}"
+    if values.dtype not in _CPU_DTYPES:
+        return f"the cpu backend takes float32 or float64, got {values.dtype}"
     if w.format == "bsr" and w.block[0] > 64:
         return f"the cpu backend takes blocks of at most 64 rows, got {w.block}"
     return None
