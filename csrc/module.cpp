@@ -45,7 +45,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sparsemia compiled operators (registered under torch.ops.sparsemia)";
   m.def("get_cpu_isa", &get_cpu_isa, "ISA the CPU kernels use now");
   m.def("best_cpu_isa", &best_cpu_isa, "Widest ISA this CPU supports");
-  m.def("set_cpu_isa", &set_cpu_isa, "Force the CPU kernels' ISA: 'scalar', 'avx2' or 'avx512'");
+  m.def("set_cpu_isa", &set_cpu_isa, "Force the CPU kernels' ISA: 'scalar', 'vec128', 'avx2' or 'avx512'");
   m.def("with_cuda", &with_cuda, "Whether the CUDA kernels were compiled in");
   m.def("parallel_threads_used", &parallel_threads_used,
         "Threads one at::parallel_for of the compiled kernels runs on (torch.get_num_threads() when threading works)");

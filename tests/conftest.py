@@ -10,7 +10,7 @@ try:
 except ImportError:  # the reference backend still gets tested
     _C = None
 
-_ISA_ORDER = ["scalar", "avx2", "avx512"]
+_ISA_ORDER = ["scalar", "vec128", "avx2", "avx512"]
 
 
 def available_isas() -> list[str]:

@@ -18,7 +18,11 @@ Isa detect() {
     return Isa::Avx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
 #endif
+#if defined(__SSE2__) || defined(__ARM_NEON) || defined(__aarch64__)
+  return Isa::Vec128;
+#else
   return Isa::Scalar;
+#endif
 }
 
 Isa initial() {
@@ -59,6 +63,8 @@ const char* isa_name(Isa isa) {
       return "avx512";
     case Isa::Avx2:
       return "avx2";
+    case Isa::Vec128:
+      return "vec128";
     default:
       return "scalar";
   }
@@ -67,8 +73,10 @@ const char* isa_name(Isa isa) {
 Isa isa_from_name(const char* name) {
   if (std::strcmp(name, "avx512") == 0) return Isa::Avx512;
   if (std::strcmp(name, "avx2") == 0) return Isa::Avx2;
+  if (std::strcmp(name, "vec128") == 0) return Isa::Vec128;
   if (std::strcmp(name, "scalar") == 0) return Isa::Scalar;
-  throw std::invalid_argument(std::string("isa: expected one of 'scalar', 'avx2', 'avx512', got '") + name + "'");
+  throw std::invalid_argument(std::string("isa: expected one of 'scalar', 'vec128', 'avx2', 'avx512', got '") + name +
+                              "'");
 }
 
 }  // namespace sparsemia::cpu

@@ -1,5 +1,6 @@
 // Raw-pointer direct sparse convolution kernels for the CPU, one instantiation
-// per ISA (scalar, AVX2, AVX-512; chosen at run time like the spmm kernels).
+// per ISA (scalar, 128-bit vectors, AVX2, AVX-512; chosen at run time like the
+// spmm kernels).
 //
 // The torch wrapper (conv_cpu.cpp) packs a chunk of Bt images into a zero-
 // padded, stride-phase-split, batch-innermost buffer
@@ -87,6 +88,10 @@ namespace scalar {
 template <typename T>
 ConvKernelTable<T> table();
 }
+namespace vec128 {
+template <typename T>
+ConvKernelTable<T> table();
+}
 namespace avx2 {
 template <typename T>
 ConvKernelTable<T> table();
@@ -99,10 +104,14 @@ ConvKernelTable<T> table();
 template <typename T>
 ConvKernelTable<T> kernels_for(Isa isa) {
   switch (isa) {
+#if SPARSEMIA_X86
     case Isa::Avx512:
       return avx512::table<T>();
     case Isa::Avx2:
       return avx2::table<T>();
+#endif
+    case Isa::Vec128:
+      return vec128::table<T>();
     default:
       return scalar::table<T>();
   }

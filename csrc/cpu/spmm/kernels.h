@@ -1,7 +1,8 @@
 // Raw-pointer sparse matmul kernels for the CPU, one instantiation per ISA.
 //
-// Nothing here includes torch: the kernels are compiled three times (scalar,
-// AVX2, AVX-512) with per-function target attributes, and only this plain
+// Nothing here includes torch: the kernels are compiled once per ISA (scalar;
+// 128-bit vectors, i.e. SSE2 on x86-64 and NEON on Arm; and on x86 AVX2 and
+// AVX-512 with per-function target attributes), and only this plain
 // interface crosses between the ISA-specific translation units and the torch
 // wrappers in spmm_cpu.cpp. Threading lives in the wrappers.
 #pragma once
@@ -10,7 +11,14 @@
 
 namespace sparsemia::cpu {
 
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
+// Ordered: a CPU that supports one level supports every lower one.
+enum class Isa : int { Scalar = 0, Vec128 = 1, Avx2 = 2, Avx512 = 3 };
+
+#if defined(__x86_64__) || defined(__i386__)
+#define SPARSEMIA_X86 1
+#else
+#define SPARSEMIA_X86 0
+#endif
 
 // Y[M, N] (+)= W[M, K] (CSR) x X[K, N]; X has unit column stride.
 template <typename T, typename I>
@@ -68,6 +76,10 @@ namespace scalar {
 template <typename T, typename I>
 KernelTable<T, I> table();
 }
+namespace vec128 {
+template <typename T, typename I>
+KernelTable<T, I> table();
+}
 namespace avx2 {
 template <typename T, typename I>
 KernelTable<T, I> table();
@@ -90,10 +102,14 @@ Isa isa_from_name(const char* name);
 template <typename T, typename I>
 KernelTable<T, I> kernels_for(Isa isa) {
   switch (isa) {
+#if SPARSEMIA_X86
     case Isa::Avx512:
       return avx512::table<T, I>();
     case Isa::Avx2:
       return avx2::table<T, I>();
+#endif
+    case Isa::Vec128:
+      return vec128::table<T, I>();
     default:
       return scalar::table<T, I>();
   }
