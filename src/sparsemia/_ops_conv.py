@@ -191,6 +191,11 @@ def _conv_args(x, w, bias, stride, padding, dilation, groups):
             f"{(kh, kw)} at dilation {dilation}"
         )
     _check_bias(bias, w, cout)
+    if (kh, kw) == (1, 1) and padding == (0, 0) and stride != (1, 1):
+        # a 1x1 kernel reads every stride-th pixel only: convolve those at stride 1
+        # (ResNet's downsampling shortcuts), instead of packing all stride phases
+        x = x[:, :, :: stride[0], :: stride[1]]
+        stride = dilation = (1, 1)
     return (x, w, bias, stride, padding, dilation, groups), unbatched, (ho, wo)
 
 
