@@ -39,6 +39,8 @@ SHAPES = [
     (2, 4, 6, 15, 21, (5, 3), (3, 2), (2, 0), (1, 2), 2),
     (2, 5, 7, 10, 9, (2, 4), 1, (0, 1), 1, 1),
     (1, 4, 4, 3, 2, (3, 1), 1, 1, 1, 1),
+    (1, 16, 8, 4, 4, (3, 3), 1, 1, 1, 1),  # one image, narrow rows: the plane as one run (rows Wq apart)
+    (1, 6, 5, 12, 12, (5, 5), 1, 0, 1, 1),  # the same for a 5x5 kernel without padding
 ]
 
 
@@ -87,6 +89,40 @@ def test_dense_kernels_take_column_groups_by_default(isa, k):
         bias = torch.randn(9, dtype=torch.float64)
         y = sparse_conv2d(x, SparseWeight.from_dense(w), bias, padding=k // 2, backend="cpu")
         torch.testing.assert_close(y, F.conv2d(x, w, bias, padding=k // 2))
+
+
+def test_cached_plans_follow_the_weight_the_input_shape_and_the_settings(monkeypatch):
+    # plans are cached per weight tensors; in-place changes, other shapes and other
+    # settings must never reuse a stale one
+    w = torch.randn(8, 4, 3, 3, dtype=torch.float64)  # dense: column groups, whose values the plan holds
+    sw = SparseWeight.from_dense(w)
+    values = sw.values.clone()
+    crow, col = sw.crow_indices, sw.col_indices
+    op = torch.ops.sparsemia.csr_conv2d
+
+    def run(x):
+        return op(x, crow, col, values, None, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+
+    def dense():
+        full = torch.zeros(8, 36, dtype=torch.float64)
+        rows = torch.repeat_interleave(torch.arange(8), crow.diff().long())
+        full[rows, col.long()] = values
+        return full.reshape(8, 4, 3, 3)
+
+    for H, B in ((12, 2), (12, 2), (5, 1), (34, 3), (12, 2)):
+        x = torch.randn(B, 4, H, H, dtype=torch.float64)
+        torch.testing.assert_close(run(x), F.conv2d(x, dense(), padding=1))
+    x = torch.randn(2, 4, 12, 12, dtype=torch.float64)
+    values.mul_(-0.5)  # in place: the cached grouped values are stale
+    torch.testing.assert_close(run(x), F.conv2d(x, dense(), padding=1))
+    for setting in ("2", "0", "0.5"):
+        monkeypatch.setenv("SPARSEMIA_CONV_COLUMNS", setting)
+        torch.testing.assert_close(run(x), F.conv2d(x, dense(), padding=1))
+    with torch.inference_mode():  # inference tensors have no version: built every call
+        v = values.clone()
+        y = op(x, crow, col, v, None, [3, 3], [1, 1], [1, 1], [1, 1], 1)
+        v.mul_(2)
+        torch.testing.assert_close(op(x, crow, col, v, None, [3, 3], [1, 1], [1, 1], [1, 1], 1), 2 * y)
 
 
 def test_all_zero_weight_gives_the_bias(isa):
@@ -293,6 +329,8 @@ RELU_POOL_SHAPES = [SHAPES[i] for i in (0, 1, 2, 3, 4, 6, 8)] + [
     (3, 1, 6, 28, 28, (5, 5), 1, 2, 1, 1),  # LeNet-5's first conv: wide rows, few images
     (2, 3, 4, 66, 70, (3, 3), 1, 1, 1, 1),  # rows of several vectors, padded staging, vector tail
     (9, 4, 6, 8, 8, (3, 3), 1, 1, 1, 1),  # 8-wide rows: 4 images per chunk (quarter vectors), last chunk of one
+    (1, 16, 8, 4, 4, (3, 3), 1, 1, 1, 1),  # one image, narrow rows: flat plane
+    (1, 6, 5, 14, 14, (3, 3), 1, 1, 1, 1),  # flat plane, 2x2 pool over 14-wide rows, Wq = 16
 ]
 
 

@@ -13,6 +13,11 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <array>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -72,9 +77,22 @@ int64_t chunk_batch(const Geometry& g) {
   return std::min(bt, g.B);
 }
 
-// The unpadded stride-1 case with Bt = 1 reads the NCHW image in place.
-bool reads_in_place(const Geometry& g, int64_t bt) {
-  return bt == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+// One image with rows of fewer than 8 outputs (deep layers at batch 1): the
+// output plane is computed as one run over the packed row pitch Wq, output
+// (oh, ow) at oh * Wq + ow, rounded up to whole 64-byte vectors (columns Wo ..
+// Wq - 1 of each row are computed and dropped), so that tiles are whole vectors
+// instead of a few lanes of each row (measured at batch 1, 90% sparse, 2
+// threads: 4x4 and 2x2 maps 1.05-1.2x faster; 8x8 maps slower, so not them). A
+// 1x1 stride-1 unpadded conv is one long row already.
+bool flat_plane(const Geometry& g, int64_t bt) {
+  const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0;
+  return bt == 1 && g.Wo < 8 && g.Ho > 1 && !pointwise;
+}
+
+// The unpadded stride-1 case with Bt = 1 reads the NCHW image in place (not
+// as a flat plane, which reads past the last row).
+bool reads_in_place(const Geometry& g, int64_t bt, bool flat) {
+  return bt == 1 && g.sh == 1 && g.sw == 1 && g.ph == 0 && g.pw == 0 && !flat;
 }
 
 // Strides of the packed buffer X'[Cin][sh][sw][Hq][Wq][bt].
@@ -82,9 +100,12 @@ struct Packed {
   int64_t bt, phase, plane, size;  // elements per phase, per channel, per chunk
   int64_t x_row, len;              // kernel row step and row length
   int64_t out_rows;                // output rows the kernel sees (1 when a 1x1 conv is one long row)
+  bool flat;                       // the output plane as one run (flat_plane)
+  int64_t stage;                   // flat: elements per output channel in the staging buffer
 };
 
-Packed packed_layout(const Geometry& g, int64_t bt) {
+// `flat`: forward calls may take the flat-plane layout (the weight gradient reads rows).
+Packed packed_layout(const Geometry& g, int64_t bt, int64_t elem_size, bool flat) {
   Packed p{};
   p.bt = bt;
   p.phase = g.Hq * g.Wq * bt;
@@ -93,7 +114,14 @@ Packed packed_layout(const Geometry& g, int64_t bt) {
   p.x_row = g.Wq * bt;
   p.len = g.Wo * bt;
   p.out_rows = g.Ho;
-  if (reads_in_place(g, bt) && g.kh == 1 && g.kw == 1) {
+  p.flat = flat && flat_plane(g, bt);
+  if (p.flat) {
+    const int64_t vec = 64 / elem_size;
+    p.len = ((g.Ho - 1) * g.Wq + g.Wo + vec - 1) / vec * vec;
+    p.stage = std::max(p.len, g.Ho * g.Wq);
+    p.out_rows = 1;
+    p.x_row = 0;
+  } else if (reads_in_place(g, bt, false) && g.kh == 1 && g.kw == 1) {
     // Rows are contiguous in input and output alike: one row of H*W.
     p.len = g.Ho * g.Wo;
     p.out_rows = 1;
@@ -262,6 +290,15 @@ void unpack_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int6
     }
 }
 
+// Flat planes (flat_plane) of channels [c0, c1), `chan` apart, rows Wq apart -> y[b0][co][oh][ow].
+template <typename T>
+void unpack_plane(const T* yt, int64_t chan, const Geometry& g, int64_t b0, int64_t c0, int64_t c1, T* y) {
+  const int64_t hw = g.Ho * g.Wo;
+  for (int64_t co = c0; co < c1; ++co)
+    for (int64_t oh = 0; oh < g.Ho; ++oh)
+      std::memcpy(y + (b0 * g.Cout + co) * hw + oh * g.Wo, yt + (co - c0) * chan + oh * g.Wq, g.Wo * sizeof(T));
+}
+
 // The ReLU + max-pool epilogue (pool x pool windows, stride pool, floor mode).
 // NaN propagates as in torch (max_pool2d and relu both keep it).
 template <typename T>
@@ -278,8 +315,9 @@ inline T relu_nan(T v) {
 // -> y[co][Ho / pool][Wo / pool]. The window's rows are combined first
 // (contiguous runs), then neighbouring columns.
 template <typename T>
-void relu_pool_image(const T* src, int64_t ld, const Geometry& g, int64_t pool, int64_t c0, int64_t c1, T* y) {
-  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, hw = g.Ho * ld, n = wp * pool;
+void relu_pool_image(const T* src, int64_t plane, int64_t ld, const Geometry& g, int64_t pool, int64_t c0, int64_t c1,
+                     T* y) {
+  const int64_t hp = g.Ho / pool, wp = g.Wo / pool, hw = plane, n = wp * pool;
   std::vector<T> rowmax(n);
   T* rm = rowmax.data();
   for (int64_t co = c0; co < c1; ++co) {
@@ -392,7 +430,7 @@ void make_blocking(Blocking& b, const Entries& e, const C* column, const Geometr
   const int64_t vec = 64 / elem_size;  // elements per 64-byte vector
   b.band_len = pk.len <= 8 * vec ? pk.len : 4 * vec;
   b.band_rows = pk.out_rows == 1 ? 1 : band_rows_default();
-  int64_t in_rows = 1, in_cols = b.band_len;
+  int64_t in_rows = 1, in_cols = pk.flat ? pk.plane : b.band_len;
   if (pk.out_rows != 1) {
     in_rows = (b.band_rows - 1) * g.sh + (g.kh - 1) * g.dh + 1;
     const int64_t out_cols = (b.band_len + pk.bt - 1) / pk.bt;
@@ -433,11 +471,14 @@ struct Plan {
   Blocking blocking[2];
 };
 
-// `values` nullptr: single taps only (the weight gradient is per stored tap).
+// `values` nullptr: the weight gradient (single taps, rows as they are).
 template <typename I, typename T>
 void make_plan(Plan<T>& plan, const Chunks& ch, const Tensor& crow, const Tensor& col, const T* values,
                const Geometry& g, const char* op) {
-  make_entries<I, T>(plan.entries, plan.grouped, crow, col, values, g, ch.bt * g.Wo, op);
+  const bool forward = values != nullptr;
+  // column groups step through output rows, which a flat plane does not have
+  const bool flat = forward && flat_plane(g, ch.bt);
+  make_entries<I, T>(plan.entries, plan.grouped, crow, col, flat ? nullptr : values, g, ch.bt * g.Wo, op);
   for (int last = 0; last < 2; ++last) {
     if (last == 1 && ch.last_bt == ch.bt) {
       plan.layout[1] = plan.layout[0];
@@ -445,7 +486,7 @@ void make_plan(Plan<T>& plan, const Chunks& ch, const Tensor& crow, const Tensor
       plan.blocking[1] = plan.blocking[0];
       break;
     }
-    plan.layout[last] = packed_layout(g, last ? ch.last_bt : ch.bt);
+    plan.layout[last] = packed_layout(g, last ? ch.last_bt : ch.bt, sizeof(T), flat);
     if (plan.entries.kgroup > 0) {
       const int64_t* column = plan.entries.column.data();
       entry_offsets(plan.entries, column, g, plan.layout[last], plan.offset[last], op);
@@ -456,6 +497,94 @@ void make_plan(Plan<T>& plan, const Chunks& ch, const Tensor& crow, const Tensor
       make_blocking(plan.blocking[last], plan.entries, column, g, plan.layout[last], sizeof(T));
     }
   }
+}
+
+// Plans of recent calls, reused while the weight's index (and, for column
+// groups, value) tensors are the same, unmodified objects: at batch 1 building
+// a plan, O(nnz), costs more than a deep layer's convolution. Entries hold weak
+// references, so a cached tensor's address cannot be taken by a new tensor
+// while its entry lives, and its storage is freed as usual.
+struct PlanKey {
+  std::array<int64_t, 20> ints;  // geometry, chunking, dtypes
+  std::string columns;           // SPARSEMIA_CONV_COLUMNS in effect
+  std::array<const c10::TensorImpl*, 3> impl;
+  std::array<int64_t, 3> version;
+  bool operator==(const PlanKey& o) const {
+    return ints == o.ints && columns == o.columns && impl == o.impl && version == o.version;
+  }
+};
+
+class PlanCache {
+ public:
+  using WeakImpl = c10::weak_intrusive_ptr<c10::TensorImpl, c10::UndefinedTensorImpl>;
+  static constexpr size_t kEntries = 32;
+
+  std::shared_ptr<const void> find(const PlanKey& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (!(it->key == key) || !alive(*it)) continue;
+      entries_.splice(entries_.begin(), entries_, it);  // most recently used first
+      return entries_.front().plan;
+    }
+    return nullptr;
+  }
+
+  void insert(const PlanKey& key, const std::array<const Tensor*, 3>& tensors, std::shared_ptr<const void> plan) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    entries_.push_front(Entry{key,
+                              {WeakImpl(tensors[0]->getIntrusivePtr()), WeakImpl(tensors[1]->getIntrusivePtr()),
+                               WeakImpl(tensors[2]->getIntrusivePtr())},
+                              std::move(plan)});
+    if (entries_.size() > kEntries) entries_.pop_back();
+  }
+
+ private:
+  struct Entry {
+    PlanKey key;
+    std::array<WeakImpl, 3> refs;
+    std::shared_ptr<const void> plan;
+  };
+  static bool alive(const Entry& e) {
+    for (size_t i = 0; i < 3; ++i)
+      if (e.refs[i].expired()) return false;
+    return true;
+  }
+  std::mutex mutex_;
+  std::list<Entry> entries_;
+};
+
+PlanCache& plan_cache() {
+  static PlanCache cache;
+  return cache;
+}
+
+// The plan of a call, from the cache or built (and cached) now. Inference
+// tensors have no version counter, so their plans are built every call.
+template <typename T>
+std::shared_ptr<const Plan<T>> plan_for(const Chunks& ch, const Tensor& crow, const Tensor& col, const Tensor& values,
+                                        bool forward, const Geometry& g, const char* op) {
+  const auto build = [&] {
+    auto plan = std::make_shared<Plan<T>>();
+    const T* v = forward ? values.data_ptr<T>() : nullptr;
+    if (crow.scalar_type() == at::kInt)
+      make_plan<int32_t, T>(*plan, ch, crow, col, v, g, op);
+    else
+      make_plan<int64_t, T>(*plan, ch, crow, col, v, g, op);
+    return plan;
+  };
+  if (crow.is_inference() || col.is_inference() || values.is_inference()) return build();
+  PlanKey key;
+  key.ints = {g.B, g.Cin, g.H, g.W, g.Cout, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.groups, ch.bt,
+              ch.last_bt, int64_t(values.scalar_type()), int64_t(crow.scalar_type()), forward ? 1 : 0,
+              int64_t(sizeof(T))};
+  const char* env = std::getenv("SPARSEMIA_CONV_COLUMNS");
+  key.columns = env ? env : "";
+  key.impl = {crow.unsafeGetTensorImpl(), col.unsafeGetTensorImpl(), values.unsafeGetTensorImpl()};
+  key.version = {crow._version(), col._version(), values._version()};
+  if (auto hit = plan_cache().find(key)) return std::static_pointer_cast<const Plan<T>>(hit);
+  auto plan = build();
+  plan_cache().insert(key, {&crow, &col, &values}, plan);
+  return plan;
 }
 
 template <typename T>
@@ -489,7 +618,7 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
     }
     return a;
   };
-  const bool in_place = reads_in_place(g, ch.bt);
+  const bool in_place = reads_in_place(g, ch.bt, plan.layout[0].flat);
   const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
   const int64_t img_y = pool > 0 ? g.Cout * (g.Ho / pool) * (g.Wo / pool) : img_out;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
@@ -503,37 +632,49 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
   const int64_t vec = 64 / int64_t(sizeof(T));
   const int64_t padded = (g.Wo + vec - 1) / vec * vec;
   const int64_t stage_ld = ch.bt == 1 && pool > 0 && !in_place && 4 * (padded - g.Wo) <= g.Wo ? padded : g.Wo;
+  // A flat plane (flat_plane) is staged at row pitch Wq, pk.stage per channel.
   const int64_t slack = stage_ld - g.Wo + vec;
-  const int64_t stage_hw = g.Ho * stage_ld;
-  const int64_t stage_block = std::max<int64_t>(1, (int64_t(256) << 10) / int64_t(sizeof(T) * stage_hw * ch.bt));
-  const int64_t stage_size = std::min(stage_block, g.Cout) * stage_hw * ch.bt;
+  const auto stage_channel = [&](const Packed& pk) { return pk.flat ? pk.stage : g.Ho * stage_ld * pk.bt; };
+  const auto stage_block = [&](const Packed& pk) {
+    return std::max<int64_t>(1, (int64_t(256) << 10) / int64_t(sizeof(T) * stage_channel(pk)));
+  };
+  int64_t stage_size = 0;
+  for (const Packed& pk : plan.layout) stage_size = std::max(stage_size, std::min(stage_block(pk), g.Cout) * stage_channel(pk));
+  const auto staged = [&](const Packed& pk) { return pk.bt > 1 || pool > 0 || pk.flat; };
   const auto run_channels = [&](int64_t c, const T* xp, T* yt, int64_t c0, int64_t c1) {
     const int last = c == ch.count - 1 ? 1 : 0;
     const Packed& pk = plan.layout[last];
     const int64_t b0 = c * ch.bt;
-    if (pk.bt == 1 && pool == 0) {
+    if (!staged(pk)) {
       kt.rows(args_for(c, xp, y + b0 * img_out, true), c0, c1, 0, pk.out_rows);
       return;
     }
     auto a = args_for(c, xp, yt, pk.bt == 1);
-    if (pk.bt == 1 && stage_ld != g.Wo) {
+    const int64_t chan = stage_channel(pk), block = stage_block(pk), ld = pk.flat ? g.Wq : stage_ld;
+    if (pk.flat) {
+      a.y_co = chan;
+      a.y_oh = 0;
+    } else if (pk.bt == 1 && stage_ld != g.Wo) {
       if (a.band_len == a.len) a.band_len = stage_ld;
       a.len = a.y_oh = stage_ld;
-      a.y_co = stage_hw;
+      a.y_co = chan;
     }
-    for (int64_t s0 = c0; s0 < c1; s0 += stage_block) {
-      const int64_t s1 = std::min(c1, s0 + stage_block);
+    for (int64_t s0 = c0; s0 < c1; s0 += block) {
+      const int64_t s1 = std::min(c1, s0 + block);
       a.y_co0 = s0;
       kt.rows(a, s0, s1, 0, pk.out_rows);
       if (pool == 0) {
-        unpack_chunk<T>(yt, g, b0, pk.bt, s0, s1, y);
+        if (pk.flat)
+          unpack_plane<T>(yt, chan, g, b0, s0, s1, y);
+        else
+          unpack_chunk<T>(yt, g, b0, pk.bt, s0, s1, y);
       } else if (pk.bt > 1) {
         kt.relu_pool_batch(yt, s1 - s0, g.Ho, g.Wo, pk.bt, pool, y + b0 * img_y + s0 * (g.Ho / pool) * (g.Wo / pool),
                            img_y);
       } else if (pool == 2) {  // the common case, vectorised per ISA
-        kt.relu_pool2(yt, s1 - s0, g.Ho, stage_ld, g.Wo / 2, y + b0 * img_y + s0 * (g.Ho / 2) * (g.Wo / 2));
+        kt.relu_pool2(yt, s1 - s0, chan, g.Ho, ld, g.Wo / 2, y + b0 * img_y + s0 * (g.Ho / 2) * (g.Wo / 2));
       } else {
-        relu_pool_image<T>(yt, stage_ld, g, pool, s0, s1, y + b0 * img_y);
+        relu_pool_image<T>(yt, chan, ld, g, pool, s0, s1, y + b0 * img_y);
       }
     }
   };
@@ -557,7 +698,7 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
           pack_chunk<T>(x, g, pk, b0, 0, g.Cin, buf.data_ptr<T>());
           xp = buf.data_ptr<T>();
         }
-        if (!ytmp.defined() && (pk.bt > 1 || pool > 0)) ytmp = at::empty({stage_size}, opts);
+        if (!ytmp.defined() && staged(pk)) ytmp = at::empty({stage_size}, opts);
         run_channels(c, xp, ytmp.defined() ? ytmp.data_ptr<T>() : nullptr, 0, g.Cout);
       }
     });
@@ -578,17 +719,17 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
       }
     });
   }
-  const bool staged = ch.bt > 1 || pool > 0;
+  const bool any_staged = staged(plan.layout[0]) || staged(plan.layout[1]);
   const int64_t parts = std::min<int64_t>(g.Cout, (4 * threads + ch.count - 1) / ch.count);
   const auto bounds = balanced_channels(e.crow, parts, 4);
   run_tasks(ch.count * parts, threaded, [&](int64_t begin, int64_t end) {
-    const Tensor ytmp = staged ? at::empty({stage_size}, opts) : Tensor();
+    const Tensor ytmp = any_staged ? at::empty({stage_size}, opts) : Tensor();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t c = t / parts, part = t % parts;
       const int64_t b0 = c * ch.bt, c0 = bounds[part], c1 = bounds[part + 1];
       const Packed& pk = plan.layout[c == ch.count - 1 ? 1 : 0];
       const T* xp = in_place ? x + b0 * img_in : packed.data_ptr<T>() + c * chunk_size;
-      run_channels(c, xp, staged ? ytmp.data_ptr<T>() : nullptr, c0, c1);
+      run_channels(c, xp, any_staged ? ytmp.data_ptr<T>() : nullptr, c0, c1);
     }
   });
 }
@@ -630,13 +771,9 @@ Tensor conv2d_impl(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_
   const Chunks ch = chunks_of(g);
   AT_DISPATCH_FLOATING_TYPES(values.scalar_type(), "csr_conv2d", [&] {
     using T = scalar_t;
-    Plan<T> plan;
-    if (crow.scalar_type() == at::kInt)
-      make_plan<int32_t, T>(plan, ch, crow, col, values.data_ptr<T>(), g, op);
-    else
-      make_plan<int64_t, T>(plan, ch, crow, col, values.data_ptr<T>(), g, op);
-    conv_forward<T>(x.data_ptr<T>(), g, plan, ch, values.data_ptr<T>(), bias.defined() ? bias.data_ptr<T>() : nullptr,
-                    pool, y.data_ptr<T>());
+    const auto plan = plan_for<T>(ch, crow, col, values, true, g, op);
+    conv_forward<T>(x.data_ptr<T>(), g, *plan, ch, values.data_ptr<T>(),
+                    bias.defined() ? bias.data_ptr<T>() : nullptr, pool, y.data_ptr<T>());
   });
   return y;
 }
@@ -676,7 +813,7 @@ Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const T
       make_plan<int32_t, T>(plan, ch, crow, col, nullptr, g, op);
     else
       make_plan<int64_t, T>(plan, ch, crow, col, nullptr, g, op);
-    const bool in_place = reads_in_place(g, ch.bt);
+    const bool in_place = reads_in_place(g, ch.bt, false);
     const int64_t chunk_size = plan.layout[0].size, hw = g.Ho * g.Wo;
     const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
     Tensor packed, dpacked;

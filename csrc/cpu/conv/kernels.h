@@ -73,10 +73,10 @@ struct ConvKernelTable {
   void (*rows)(const ConvArgs<T>&, int64_t co_begin, int64_t co_end, int64_t oh_begin, int64_t oh_end);
   // Weight gradient at the stored entries of output channels [co_begin, co_end).
   void (*weight_grad)(const ConvGradArgs<T>&, int64_t co_begin, int64_t co_end);
-  // 2x2 max-pool + ReLU of `planes` planes [Ho][ld] (plane stride Ho * ld) into
-  // [Ho / 2][wp] planes at dst (NaN kept). Reads whole vectors up to row
+  // 2x2 max-pool + ReLU of `planes` planes [Ho][ld] (`plane` elements apart)
+  // into [Ho / 2][wp] planes at dst (NaN kept). Reads whole vectors up to row
   // element ld - 1 (ld >= 2 * wp).
-  void (*relu_pool2)(const T* src, int64_t planes, int64_t Ho, int64_t ld, int64_t wp, T* dst);
+  void (*relu_pool2)(const T* src, int64_t planes, int64_t plane, int64_t Ho, int64_t ld, int64_t wp, T* dst);
   // pool x pool max-pool + ReLU of `planes` batch-innermost planes [Ho][Wo][bt]
   // into bt images: plane p's output (i, j) of image b goes to
   // dst[b * img + (p * (Ho / pool) + i) * (Wo / pool) + j] (NaN kept).
