@@ -132,6 +132,24 @@ def test_all_zero_weight_gives_the_bias(isa):
     torch.testing.assert_close(y, bias[None, :, None, None].expand(2, 5, 8, 8))
 
 
+@pytest.mark.parametrize("shape", [(3, 6, 5, 21, 19, 1, 1), (20, 4, 6, 6, 6, 2, 1), (1, 5, 4, 9, 8, 1, 0)],
+                         ids=["wide-rows", "batch-innermost-stride2", "one-image"])
+def test_weight_gradient_matches_dense_on_every_isa(isa, shape):
+    # rows of 1 .. 40+ stored taps: the 8-, 4- and 1-tap gradient tiles, vector and scalar tails
+    B, cin, cout, H, W, stride, padding = shape
+    w = pruned_kernel(cout, cin, 3, 3, 0.3, torch.float64, empty_channels=1)
+    w[1, :, :, :2] = 0  # a row with few taps
+    sw = SparseWeight.from_dense(w)
+    x = torch.randn(B, cin, H, W, dtype=torch.float64)
+    g = torch.randn_like(F.conv2d(x, w, stride=stride, padding=padding))
+    got = torch.ops.sparsemia.csr_conv2d_weight_grad(
+        x, g, sw.crow_indices, sw.col_indices, [3, 3], [stride] * 2, [padding] * 2, [1, 1], 1
+    )
+    dense = w.clone().requires_grad_(True)
+    F.conv2d(x, dense, stride=stride, padding=padding).backward(g)
+    torch.testing.assert_close(got, dense.grad[w != 0])
+
+
 def test_non_contiguous_unbatched_and_int64_indices():
     w = pruned_kernel(6, 4, 3, 3, 0.6)
     sw = SparseWeight.from_dense(w)
