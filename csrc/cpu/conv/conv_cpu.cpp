@@ -558,8 +558,9 @@ PlanCache& plan_cache() {
   return cache;
 }
 
-// The plan of a call, from the cache or built (and cached) now. Inference
-// tensors have no version counter, so their plans are built every call.
+// The plan of a call, from the cache or built (and cached) now; `values` only
+// read when `forward` (column groups). Inference tensors have no version
+// counter, so their plans are built every call.
 template <typename T>
 std::shared_ptr<const Plan<T>> plan_for(const Chunks& ch, const Tensor& crow, const Tensor& col, const Tensor& values,
                                         bool forward, const Geometry& g, const char* op) {
@@ -808,11 +809,9 @@ Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const T
   const Chunks ch = chunks_of(g);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "csr_conv2d_weight_grad", [&] {
     using T = scalar_t;
-    Plan<T> plan;
-    if (crow.scalar_type() == at::kInt)
-      make_plan<int32_t, T>(plan, ch, crow, col, nullptr, g, op);
-    else
-      make_plan<int64_t, T>(plan, ch, crow, col, nullptr, g, op);
+    // keyed on the pattern alone (col stands in for the values, which this op does not take)
+    const auto plan_ptr = plan_for<T>(ch, crow, col, col, false, g, op);
+    const Plan<T>& plan = *plan_ptr;
     const bool in_place = reads_in_place(g, ch.bt, false);
     const int64_t chunk_size = plan.layout[0].size, hw = g.Ho * g.Wo;
     const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
