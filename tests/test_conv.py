@@ -125,6 +125,28 @@ def test_cached_plans_follow_the_weight_the_input_shape_and_the_settings(monkeyp
         torch.testing.assert_close(op(x, crow, col, v, None, [3, 3], [1, 1], [1, 1], [1, 1], 1), 2 * y)
 
 
+@pytest.mark.parametrize("sparsity", [0.0, 0.7])  # complete columns (grouped plans) and single taps
+def test_training_steps_reuse_cached_patterns_and_stay_exact(sparsity):
+    # the transposed pattern and the plans are cached across steps; values change every step
+    w = pruned_kernel(6, 4, 3, 3, sparsity, torch.float64)
+    sw = SparseWeight.from_dense(w)
+    values = sw.values.clone().requires_grad_(True)
+    dense = w.clone().requires_grad_(True)
+    mask = w != 0
+    for _ in range(3):
+        x = torch.randn(2, 4, 9, 9, dtype=torch.float64, requires_grad=True)
+        x2 = x.detach().clone().requires_grad_(True)
+        sparse_conv2d(x, sw.with_values(values), padding=1).square().sum().backward()
+        F.conv2d(x2, dense, padding=1).square().sum().backward()
+        torch.testing.assert_close(x.grad, x2.grad)
+        torch.testing.assert_close(values.grad, dense.grad[mask])
+        with torch.no_grad():  # one SGD step on both
+            values -= 0.01 * values.grad
+            dense -= 0.01 * dense.grad * mask
+        values.grad = None
+        dense.grad = None
+
+
 def test_all_zero_weight_gives_the_bias(isa):
     w = SparseWeight.from_dense(torch.zeros(5, 3, 3, 3))
     bias = torch.randn(5)

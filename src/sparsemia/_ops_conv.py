@@ -16,6 +16,7 @@ flipped sparse weight; the weight gradient is computed only at the stored taps
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -267,10 +268,25 @@ register_impl("sparse_conv2d", "cpu", _cpu_conv2d, _cpu_supports, priority=10)
 # --------------------------------------------------------------------------
 
 
-def _transposed_flipped(
-    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, cin: int, kernel: Sequence[int], groups: int
+# (crow, col) -> the transposed, flipped pattern and the permutation of the values,
+# kept while both index tensors are alive and unmodified: a weight's pattern is
+# the same every training step (its values are not).
+_TRANSPOSED: dict[int, tuple] = {}
+_TRANSPOSED_MAX = 64
+
+
+def _transposed_pattern(
+    crow: torch.Tensor, col: torch.Tensor, cin: int, kernel: Sequence[int], groups: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CSR of the weight of the transposed convolution: ``[Cin, Cout/groups, kh, kw]``, spatially flipped."""
+    cacheable = (
+        type(crow) is torch.Tensor and type(col) is torch.Tensor and not crow.is_inference()
+        and not col.is_inference() and not torch.compiler.is_compiling()
+    )
+    key = (crow._version, col._version, cin, tuple(int(k) for k in kernel), groups) if cacheable else None
+    if cacheable:
+        hit = _TRANSPOSED.get(id(col))
+        if hit is not None and hit[0]() is col and hit[1]() is crow and hit[2] == key:
+            return hit[3]
     kh, kw = int(kernel[0]), int(kernel[1])
     cout = crow.shape[0] - 1
     cin_g, cout_g, kk = cin // groups, cout // groups, kh * kw
@@ -284,7 +300,20 @@ def _transposed_flipped(
     perm = torch.argsort(new_row * (cout_g * kk) + new_col)
     crow_t = torch.zeros(cin + 1, dtype=torch.int64, device=col.device)
     crow_t[1:] = torch.cumsum(torch.bincount(new_row, minlength=cin), 0)
-    return crow_t.to(crow.dtype), new_col[perm].to(col.dtype), values[perm]
+    result = (crow_t.to(crow.dtype), new_col[perm].to(col.dtype), perm)
+    if cacheable:
+        if len(_TRANSPOSED) >= _TRANSPOSED_MAX:
+            _TRANSPOSED.clear()
+        _TRANSPOSED[id(col)] = (weakref.ref(col), weakref.ref(crow), key, result)
+    return result
+
+
+def _transposed_flipped(
+    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, cin: int, kernel: Sequence[int], groups: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """CSR of the weight of the transposed convolution: ``[Cin, Cout/groups, kh, kw]``, spatially flipped."""
+    crow_t, col_t, perm = _transposed_pattern(crow, col, cin, kernel, groups)
+    return crow_t, col_t, values[perm]
 
 
 def _input_grad(grad, crow, col, values, x_shape, kernel, stride, padding, dilation, groups) -> torch.Tensor:

@@ -500,7 +500,8 @@ void make_plan(Plan<T>& plan, const Chunks& ch, const Tensor& crow, const Tensor
 }
 
 // Plans of recent calls, reused while the weight's index (and, for column
-// groups, value) tensors are the same, unmodified objects: at batch 1 building
+// groups, value) tensors are the same, unmodified objects (so also across the
+// training steps of a weight whose values change): at batch 1 building
 // a plan, O(nnz), costs more than a deep layer's convolution. Entries hold weak
 // references, so a cached tensor's address cannot be taken by a new tensor
 // while its entry lives, and its storage is freed as usual.
@@ -574,17 +575,28 @@ std::shared_ptr<const Plan<T>> plan_for(const Chunks& ch, const Tensor& crow, co
     return plan;
   };
   if (crow.is_inference() || col.is_inference() || values.is_inference()) return build();
+  // Whether a plan bakes the values in (column groups) depends on the pattern and
+  // settings only: look for a pattern-only plan (col in the values slot), then
+  // for one of these values.
   PlanKey key;
   key.ints = {g.B, g.Cin, g.H, g.W, g.Cout, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw, g.groups, ch.bt,
-              ch.last_bt, int64_t(values.scalar_type()), int64_t(crow.scalar_type()), forward ? 1 : 0,
+              ch.last_bt, int64_t(c10::CppTypeToScalarType<T>::value), int64_t(crow.scalar_type()), forward ? 1 : 0,
               int64_t(sizeof(T))};
   const char* env = std::getenv("SPARSEMIA_CONV_COLUMNS");
   key.columns = env ? env : "";
-  key.impl = {crow.unsafeGetTensorImpl(), col.unsafeGetTensorImpl(), values.unsafeGetTensorImpl()};
-  key.version = {crow._version(), col._version(), values._version()};
+  key.impl = {crow.unsafeGetTensorImpl(), col.unsafeGetTensorImpl(), col.unsafeGetTensorImpl()};
+  key.version = {crow._version(), col._version(), col._version()};
   if (auto hit = plan_cache().find(key)) return std::static_pointer_cast<const Plan<T>>(hit);
+  PlanKey with_values = key;
+  with_values.impl[2] = values.unsafeGetTensorImpl();
+  with_values.version[2] = values._version();
+  if (forward)
+    if (auto hit = plan_cache().find(with_values)) return std::static_pointer_cast<const Plan<T>>(hit);
   auto plan = build();
-  plan_cache().insert(key, {&crow, &col, &values}, plan);
+  if (plan->entries.kgroup == 0)
+    plan_cache().insert(key, {&crow, &col, &col}, plan);
+  else
+    plan_cache().insert(with_values, {&crow, &col, &values}, plan);
   return plan;
 }
 
