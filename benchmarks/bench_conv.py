@@ -2,14 +2,16 @@
 
 Prints ratio tables (dense time / method time; > 1 means faster than dense):
 per layer for the 3x3 and 1x1 conv shapes of VGG-16 and ResNet-18 on CIFAR
-(batch 1 and 32), and whole-model eval forward of sparsified LeNet-5, VGG-16
-and ResNet-18, at 80/90/95% unstructured sparsity. Times are medians of
+(batch 1 and 32), whole-model eval forward of sparsified LeNet-5, VGG-16
+and ResNet-18, and one training step (forward + backward) of a layer as
+SparseConv2d against nn.Conv2d, at 80/90/95% unstructured sparsity. Times are medians of
 several runs, measured in one process with the methods interleaved (the
 machine may be shared: compare ratios, not absolute times).
 
     python benchmarks/bench_conv.py                 # everything
     python benchmarks/bench_conv.py --quick         # fewer shapes and runs
     python benchmarks/bench_conv.py --part models --sparsity 0.9
+    python benchmarks/bench_conv.py --part train --sparsity 0.9 --batch 32
 """
 
 # The timed lambdas run inside the loop iteration that defines them.
@@ -127,9 +129,30 @@ def bench_models(sparsities, batches, runs: int) -> None:
                       f"{t['dense'] / t['sparse']:>8.2f}x  {n_sparse}/{n_all}", flush=True)
 
 
+def bench_train(layers, sparsities, batches, runs: int) -> None:
+    print("\nOne training step (forward + backward to input and weight) of a layer: nn.Conv2d time, and")
+    print("speed-up of SparseConv2d on the same pruned weight")
+    print(f"{'layer':<22} {'B':>3} {'sp':>5} {'dense ms':>9} {'sparse ms':>10} {'speed-up':>9}")
+    for name, cin, cout, h, k, stride in layers:
+        for b in batches:
+            for sp in sparsities:
+                conv = nn.Conv2d(cin, cout, k, stride, padding=k // 2)
+                with torch.no_grad():
+                    conv.weight.copy_(pruned(conv.weight.shape, sp))
+                sparse = sm.nn.SparseConv2d.from_dense(conv)
+                x = torch.randn(b, cin, h, h, requires_grad=True)
+
+                def step(layer):
+                    layer(x).square().sum().backward()
+
+                t = interleaved({"dense": lambda: step(conv), "sparse": lambda: step(sparse)}, runs)
+                print(f"{name:<22} {b:>3} {sp:>5.2f} {t['dense']:>9.2f} {t['sparse']:>10.2f} "
+                      f"{t['dense'] / t['sparse']:>8.2f}x", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["layers", "models", "all"], default="all")
+    parser.add_argument("--part", choices=["layers", "models", "train", "all"], default="all")
     parser.add_argument("--sparsity", type=float, nargs="*", default=[0.8, 0.9, 0.95])
     parser.add_argument("--batch", type=int, nargs="*", default=[1, 32])
     parser.add_argument("--runs", type=int, default=5)
@@ -141,6 +164,9 @@ def main() -> None:
         bench_layers(QUICK_LAYERS if args.quick else LAYERS, args.sparsity, args.batch, runs)
     if args.part in ("models", "all"):
         bench_models(args.sparsity, args.batch, runs)
+    if args.part in ("train", "all"):
+        bench_train(QUICK_LAYERS if args.quick else LAYERS[:7], args.sparsity, [b for b in args.batch if b > 1] or [32],
+                    runs)
 
 
 if __name__ == "__main__":
