@@ -268,67 +268,103 @@ register_impl("sparse_conv2d", "cpu", _cpu_conv2d, _cpu_supports, priority=10)
 # --------------------------------------------------------------------------
 
 
-# (crow, col) -> the transposed, flipped pattern and the permutation of the values,
-# kept while both index tensors are alive and unmodified: a weight's pattern is
-# the same every training step (its values are not).
-_TRANSPOSED: dict[int, tuple] = {}
-_TRANSPOSED_MAX = 64
+# (crow, col) -> patterns derived from it (the transposed, flipped weight; its
+# stride phases), kept while both index tensors are alive and unmodified: a
+# weight's pattern is the same every training step (its values are not).
+_DERIVED: dict[int, tuple] = {}
+_DERIVED_MAX = 64
 
 
-def _transposed_pattern(
-    crow: torch.Tensor, col: torch.Tensor, cin: int, kernel: Sequence[int], groups: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _derived_pattern(crow: torch.Tensor, col: torch.Tensor, key: tuple, build):
     cacheable = (
         type(crow) is torch.Tensor and type(col) is torch.Tensor and not crow.is_inference()
         and not col.is_inference() and not torch.compiler.is_compiling()
     )
-    key = (crow._version, col._version, cin, tuple(int(k) for k in kernel), groups) if cacheable else None
-    if cacheable:
-        hit = _TRANSPOSED.get(id(col))
-        if hit is not None and hit[0]() is col and hit[1]() is crow and hit[2] == key:
-            return hit[3]
+    if not cacheable:
+        return build()
+    key = (crow._version, col._version, *key)
+    hit = _DERIVED.get(id(col))
+    if hit is None or hit[0]() is not col or hit[1]() is not crow:
+        if len(_DERIVED) >= _DERIVED_MAX:
+            _DERIVED.clear()
+        hit = _DERIVED[id(col)] = (weakref.ref(col), weakref.ref(crow), {})
+    if key not in hit[2]:
+        hit[2][key] = build()
+    return hit[2][key]
+
+
+def _entries(crow: torch.Tensor, col: torch.Tensor, kernel: Sequence[int]):
+    """Per stored tap: its output channel (row), input channel, ky and kx."""
     kh, kw = int(kernel[0]), int(kernel[1])
-    cout = crow.shape[0] - 1
-    cin_g, cout_g, kk = cin // groups, cout // groups, kh * kw
     counts = (crow[1:] - crow[:-1]).long()
-    rows = torch.repeat_interleave(torch.arange(cout, device=col.device), counts, output_size=col.shape[0])
+    rows = torch.repeat_interleave(torch.arange(crow.shape[0] - 1, device=col.device), counts, output_size=col.shape[0])
     c = col.long()
-    ci, tap = c // kk, c % kk
-    ky, kx = tap // kw, tap % kw
-    new_row = (rows // cout_g) * cin_g + ci
-    new_col = (rows % cout_g) * kk + (kh - 1 - ky) * kw + (kw - 1 - kx)
-    perm = torch.argsort(new_row * (cout_g * kk) + new_col)
+    tap = c % (kh * kw)
+    return rows, c // (kh * kw), tap // kw, tap % kw
+
+
+def _transposed_csr(new_row, new_col, cin: int, ncols: int, crow: torch.Tensor, col: torch.Tensor, select=None):
+    """CSR (crow, col, perm into the stored values) of entries moved to (new_row, new_col)."""
+    perm = torch.argsort(new_row * ncols + new_col)
     crow_t = torch.zeros(cin + 1, dtype=torch.int64, device=col.device)
     crow_t[1:] = torch.cumsum(torch.bincount(new_row, minlength=cin), 0)
-    result = (crow_t.to(crow.dtype), new_col[perm].to(col.dtype), perm)
-    if cacheable:
-        if len(_TRANSPOSED) >= _TRANSPOSED_MAX:
-            _TRANSPOSED.clear()
-        _TRANSPOSED[id(col)] = (weakref.ref(col), weakref.ref(crow), key, result)
-    return result
+    col_t = new_col[perm].to(col.dtype)
+    if select is not None:
+        perm = select[perm]
+    return crow_t.to(crow.dtype), col_t, perm
 
 
 def _transposed_flipped(
     crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, cin: int, kernel: Sequence[int], groups: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CSR of the weight of the transposed convolution: ``[Cin, Cout/groups, kh, kw]``, spatially flipped."""
-    crow_t, col_t, perm = _transposed_pattern(crow, col, cin, kernel, groups)
+    kh, kw = int(kernel[0]), int(kernel[1])
+
+    def build():
+        rows, ci, ky, kx = _entries(crow, col, kernel)
+        cout_g, cin_g, kk = (crow.shape[0] - 1) // groups, cin // groups, kh * kw
+        new_row = (rows // cout_g) * cin_g + ci
+        new_col = (rows % cout_g) * kk + (kh - 1 - ky) * kw + (kw - 1 - kx)
+        return _transposed_csr(new_row, new_col, cin, cout_g * kk, crow, col)
+
+    crow_t, col_t, perm = _derived_pattern(crow, col, ("flipped", cin, kh, kw, groups), build)
     return crow_t, col_t, values[perm]
+
+
+def _phase_pattern(crow, col, cin: int, kernel, stride, dilation, groups: int, rh: int, rw: int):
+    """The taps that reach input rows/columns of stride phase (rh, rw) of a strided convolution's input
+    gradient, as a stride-1 transposed kernel of (Qh + 1) x (Qw + 1): ``(crow, col, perm, (Qh, Qw))``,
+    or None when no kernel position falls in the phase."""
+    kh, kw = int(kernel[0]), int(kernel[1])
+    (sh, sw), (dh, dw) = stride, dilation
+    qys = [(ky * dh - rh) // sh for ky in range(kh) if (ky * dh) % sh == rh]
+    qxs = [(kx * dw - rw) // sw for kx in range(kw) if (kx * dw) % sw == rw]
+    if not qys or not qxs:
+        return None
+
+    def build():
+        qh, qw = max(qys), max(qxs)
+        rows, ci, ky, kx = _entries(crow, col, kernel)
+        select = (((ky * dh) % sh == rh) & ((kx * dw) % sw == rw)).nonzero().flatten()
+        rows, ci, ky, kx = rows[select], ci[select], ky[select], kx[select]
+        cout_g, cin_g, kk = (crow.shape[0] - 1) // groups, cin // groups, (qh + 1) * (qw + 1)
+        new_row = (rows // cout_g) * cin_g + ci
+        new_col = (rows % cout_g) * kk + (qh - (ky * dh - rh) // sh) * (qw + 1) + (qw - (kx * dw - rw) // sw)
+        return (*_transposed_csr(new_row, new_col, cin, cout_g * kk, crow, col, select), (qh, qw))
+
+    return _derived_pattern(crow, col, ("phase", cin, kh, kw, sh, sw, dh, dw, groups, rh, rw), build)
 
 
 def _input_grad(grad, crow, col, values, x_shape, kernel, stride, padding, dilation, groups) -> torch.Tensor:
     """d loss / d x: the sparse convolution of the output gradient with the transposed, flipped weight.
 
-    For stride > 1 the output gradient gets ``stride - 1`` zeros inserted between
-    entries first (simple rather than fast: the kernel then multiplies those zeros).
+    Strided: one stride-1 convolution per stride phase of the input, each with the taps that
+    reach that phase (every tap is in exactly one), so no zeros are inserted or multiplied.
     """
     _, cin, h, w = x_shape
-    crow_t, col_t, values_t = _transposed_flipped(crow, col, values, cin, kernel, groups)
     if stride[0] > 1 or stride[1] > 1:
-        ho, wo = grad.shape[2:]
-        spread = grad.new_zeros(grad.shape[0], grad.shape[1], (ho - 1) * stride[0] + 1, (wo - 1) * stride[1] + 1)
-        spread[:, :, :: stride[0], :: stride[1]] = grad
-        grad = spread
+        return _strided_input_grad(grad, crow, col, values, x_shape, kernel, stride, padding, dilation, groups)
+    crow_t, col_t, values_t = _transposed_flipped(crow, col, values, cin, kernel, groups)
     # Pad so that the stride-1 convolution with the flipped kernel yields exactly [H, W].
     pads = []
     for i, size in ((1, w), (0, h)):  # F.pad order: last dim first
@@ -344,6 +380,34 @@ def _input_grad(grad, crow, col, values, x_shape, kernel, stride, padding, dilat
     return torch.ops.sparsemia.csr_conv2d(
         grad, crow_t, col_t, values_t, None, list(kernel), [1, 1], conv_padding, list(dilation), groups
     )
+
+
+def _strided_input_grad(grad, crow, col, values, x_shape, kernel, stride, padding, dilation, groups):
+    # Input row ih = i * s + r - p of phase r takes tap ky (with ky * d = r mod s) from output row
+    # i - q, q = (ky * d - r) / s: a stride-1 correlation of the output gradient padded by Q = max q.
+    batch, cin, h, w = x_shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = grad.shape[2:]
+    dx = grad.new_zeros(batch, cin, h, w)
+    for rh in range(sh):
+        for rw in range(sw):
+            phase = _phase_pattern(crow, col, cin, kernel, stride, dilation, groups, rh, rw)
+            if phase is None:
+                continue
+            crow_p, col_p, perm, (qh, qw) = phase
+            i0, j0 = max(0, -((rh - ph) // sh)), max(0, -((rw - pw) // sw))  # first rows/cols with ih, iw >= 0
+            i1 = min((h - 1 + ph - rh) // sh, ho + qh - 1)  # last, within the input and the correlation
+            j1 = min((w - 1 + pw - rw) // sw, wo + qw - 1)
+            if i1 < i0 or j1 < j0 or col_p.numel() == 0:
+                continue
+            out = torch.ops.sparsemia.csr_conv2d(
+                grad, crow_p, col_p, values[perm], None, [qh + 1, qw + 1], [1, 1], [qh, qw], [1, 1], groups
+            )
+            ih0, iw0 = i0 * sh + rh - ph, j0 * sw + rw - pw
+            dx[:, :, ih0 : ih0 + (i1 - i0) * sh + 1 : sh, iw0 : iw0 + (j1 - j0) * sw + 1 : sw] = (
+                out[:, :, i0 : i1 + 1, j0 : j1 + 1]
+            )
+    return dx
 
 
 def _register_operator_meta() -> None:
