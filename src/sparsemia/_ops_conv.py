@@ -398,7 +398,7 @@ def _strided_input_grad(grad, crow, col, values, x_shape, kernel, stride, paddin
             i0, j0 = max(0, -((rh - ph) // sh)), max(0, -((rw - pw) // sw))  # first rows/cols with ih, iw >= 0
             i1 = min((h - 1 + ph - rh) // sh, ho + qh - 1)  # last, within the input and the correlation
             j1 = min((w - 1 + pw - rw) // sw, wo + qw - 1)
-            if i1 < i0 or j1 < j0 or col_p.numel() == 0:
+            if i1 < i0 or j1 < j0:
                 continue
             out = torch.ops.sparsemia.csr_conv2d(
                 grad, crow_p, col_p, values[perm], None, [qh + 1, qw + 1], [1, 1], [qh, qw], [1, 1], groups
