@@ -190,3 +190,42 @@ def test_pruned_stacked_shadows_have_their_own_masks():
     for _, layer in shadows.stack.stacked_layers():
         assert float((layer.effective_weight() == 0).float().mean()) == pytest.approx(0.5, abs=0.05)
     assert score_models(shadows, x).shape == (4, 40, 3)
+
+
+@pytest.mark.parametrize("online", [True, False])
+@pytest.mark.parametrize("fixed", [False, True])
+def test_lira_computes_what_the_reference_code_computes(online, fixed):
+    """LiRA's reference (research/mi_lira_2021: score.py's signal, plot.py's Gaussians): per candidate and query
+    μ = median, σ = np.std (ddof 0) + 1e-30; fixed variance: the std of all IN (online, both Gaussians) or all
+    OUT (offline) signals; online = log N_in − log N_out, offline (two-sided) = −log N_out, averaged over queries."""
+    from scipy import stats
+
+    target, labels, shadow, inc, _ = _lira_setup(models=16, n=60, queries=3)
+    assert (inc.sum(0) == 8).all()  # equal IN / OUT counts: the reference's truncation keeps every model
+    probs = np.exp(shadow - shadow.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+
+    def reference_signal(p):  # p: [N, Q, C] softmax probabilities in float64
+        idx = np.arange(p.shape[0])
+        y_true = p[idx, :, labels]
+        p = p.copy()
+        p[idx, :, labels] = 0
+        return np.log(y_true + 1e-45) - np.log(p.sum(-1) + 1e-45)
+
+    sh = np.stack([reference_signal(probs[m]) for m in range(16)])  # [M, N, Q]
+    tp = np.exp(target - target.max(-1, keepdims=True))
+    tp /= tp.sum(-1, keepdims=True)
+    tg = reference_signal(tp)  # [N, Q]
+    dat_in = np.stack([sh[inc[:, j], j] for j in range(60)])  # [N, in_size, Q]
+    dat_out = np.stack([sh[~inc[:, j], j] for j in range(60)])
+    mean_in, mean_out = np.median(dat_in, 1), np.median(dat_out, 1)
+    if fixed:
+        std_in = std_out = np.std(dat_in) if online else np.std(dat_out)
+    else:
+        std_in, std_out = np.std(dat_in, 1), np.std(dat_out, 1)
+    if online:
+        expected = (stats.norm.logpdf(tg, mean_in, std_in + 1e-30) - stats.norm.logpdf(tg, mean_out, std_out + 1e-30)).mean(1)
+    else:
+        expected = -stats.norm.logpdf(tg, mean_out, std_out + 1e-30).mean(1)
+    got = lira(target, labels, shadow, inc, online=online, fixed_variance=fixed, two_sided=True).scores
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)

@@ -7,6 +7,14 @@ shadow_logits = mia.score_models(shadows, x_universe)              # [64, K, 10]
 result = mia.lira(target_logits, labels, shadow_logits[:, cand], inclusion[:, cand])
 metrics = mia.attack_metrics(result.scores, is_member, labels=labels)
 ```
+
+A population of K models on random halves of one universe, each model a target once:
+
+```python
+logits = ...                                                       # [K, N, Q, C] on mia.augment(x, "mnist")
+result = mia.evaluate_population(logits, labels, inclusion, ["loss", "lira_online"], seed=0)
+rows = mia.compare(result_pruned, result_none, test_acc_pruned, test_acc_none, defense="admm", versus="none")
+```
 """
 
 from sparsemia.mia import signals
@@ -28,6 +36,14 @@ from sparsemia.mia.metrics import (
     save_scores,
     tpr_at_fpr,
 )
+from sparsemia.mia.population import (
+    ATTACK_ALIASES,
+    POPULATION_ATTACKS,
+    PopulationResult,
+    compare,
+    evaluate_population,
+)
+from sparsemia.mia.queries import augment, num_queries, query_plan
 from sparsemia.mia.shadow import (
     ShadowModels,
     build_stack,
@@ -61,4 +77,12 @@ __all__ = [
     "train_shadow_models",
     "score_models",
     "magnitude_prune_stacked",
+    "augment",
+    "num_queries",
+    "query_plan",
+    "PopulationResult",
+    "evaluate_population",
+    "compare",
+    "POPULATION_ATTACKS",
+    "ATTACK_ALIASES",
 ]

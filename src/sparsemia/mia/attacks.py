@@ -21,7 +21,7 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from sparsemia.mia import signals
 
@@ -30,9 +30,15 @@ __all__ = [
     "ShadowRecords",
     "metric_attack",
     "learn_thresholds",
+    "best_threshold",
+    "thresholds_from_values",
     "shadow_model_attack",
     "lira",
+    "lira_scores",
     "rmia",
+    "rmia_ratio",
+    "rmia_scores",
+    "trimmed_mean",
     "METRIC_ATTACKS",
 ]
 
@@ -97,7 +103,7 @@ def _check_classes(z: np.ndarray, num_classes: int | None) -> None:
 # ---------------------------------------------------------------------------- metric attacks
 
 
-def _best_threshold(member_values: np.ndarray, non_member_values: np.ndarray) -> float:
+def best_threshold(member_values: np.ndarray, non_member_values: np.ndarray) -> float:
     """Threshold t maximising the balanced accuracy of "member iff value ≥ t" (Song & Mittal's rule)."""
     values = np.concatenate([member_values, non_member_values])
     cand = np.unique(values)
@@ -109,19 +115,27 @@ def _best_threshold(member_values: np.ndarray, non_member_values: np.ndarray) ->
     return float(cand[int(np.argmax(acc))])
 
 
+def thresholds_from_values(
+    values: np.ndarray, labels: np.ndarray, is_member: np.ndarray, per_class: bool = True
+) -> tuple[float, dict[int, float]]:
+    """A global threshold and one per class (where the class has members and non-members) on oriented
+    signal ``values`` ``[R]`` of shadow records with ``labels`` and ``is_member`` ``[R]``."""
+    m = np.asarray(is_member, dtype=bool)
+    global_t = best_threshold(values[m], values[~m])
+    per: dict[int, float] = {}
+    if per_class:
+        for c in np.unique(labels):
+            sel = labels == c
+            if m[sel].any() and (~m[sel]).any():
+                per[int(c)] = best_threshold(values[sel & m], values[sel & ~m])
+    return global_t, per
+
+
 def learn_thresholds(records: ShadowRecords, metric: str, per_class: bool = True) -> tuple[float, dict[int, float]]:
     """Thresholds on the oriented ``metric`` learned on shadow records: a global one and one per class."""
     fn, sign = signals.SIGNALS[metric]
     values = sign * fn(records.logits, records.labels)
-    m = records.is_member
-    global_t = _best_threshold(values[m], values[~m])
-    per: dict[int, float] = {}
-    if per_class:
-        for c in np.unique(records.labels):
-            sel = records.labels == c
-            if m[sel].any() and (~m[sel]).any():
-                per[int(c)] = _best_threshold(values[sel & m], values[sel & ~m])
-    return global_t, per
+    return thresholds_from_values(values, records.labels, records.is_member, per_class)
 
 
 def metric_attack(
@@ -250,25 +264,23 @@ def lira(
     *,
     online: bool = True,
     fixed_variance: bool = False,
+    two_sided: bool = False,
     min_models: int = 2,
     num_classes: int | None = None,
 ) -> AttackResult:
     """The Likelihood Ratio Attack (Carlini et al. 2022, "Membership Inference Attacks From First Principles").
 
-    Signal: logit-scaled confidence ``φ = log(p_y / (1 - p_y))`` of each model
-    on each candidate. For candidate x, Gaussians are fitted to φ over the
-    shadow models that trained on x (IN) and that did not (OUT):
+    Signal: ``φ = log p_y − log Σ_{y'≠y} p_y'`` of each model on each candidate, in
+    float64 (the reference ``score.py``; computed from logits without rounding p_y,
+    :func:`~sparsemia.mia.signals.logit_scaled_confidence`). For candidate x, Gaussians
+    are fitted to φ over the shadow models that trained on x (IN) and that did not
+    (OUT); the scores are :func:`lira_scores`' (online; offline one-sided by default,
+    the paper's test, or two-sided as the reference code; fixed variance). With Q
+    augmented queries (``[N, Q, C]`` / ``[M, N, Q, C]``) each query gets its own
+    Gaussians and the per-query terms are averaged, as in the reference code.
 
-    * online: score = ``log N(φ_target; μ_in, σ_in²) − log N(φ_target; μ_out, σ_out²)``;
-    * offline (OUT models only): the one-sided test of the paper's Algorithm 1,
-      score = ``log Pr[Z ≤ φ_target]``, ``Z ~ N(μ_out, σ_out²)`` (the log keeps
-      resolution in the tail that low-FPR metrics need; it is monotone in the paper's Λ);
-    * fixed variance: one σ_in and one σ_out for all examples, pooled from every
-      example's deviations from its own mean (the paper's global-variance variant,
-      better with few shadow models).
-
-    With Q augmented queries (``[N, Q, C]`` / ``[M, N, Q, C]``) each query gets its
-    own Gaussian and the per-query log-likelihoods are averaged, as in the paper's code.
+    Every shadow model is used, so the IN and OUT counts may differ between candidates;
+    :func:`~sparsemia.mia.population.evaluate_population` equalises them.
 
     Args:
         shadow_in: ``[M, N]``, true where shadow model m trained on candidate n
@@ -304,31 +316,130 @@ def lira(
             f"shadow_in: LiRA needs at least {need} OUT shadow models per candidate; the fewest is {int(n_out.min())} "
             f"({inc.shape[0]} shadow models in all)"
         )
-    w_in = inc[:, :, None].astype(np.float64)
-    w_out = 1.0 - w_in
-
-    def moments(w: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mean = (w * phi_shadow).sum(0) / count[:, None]
-        dev2 = w * (phi_shadow - mean[None]) ** 2
-        if fixed_variance:
-            # pooled within-example variance: one σ for every example (and query)
-            dof = float(np.broadcast_to(w, phi_shadow.shape).sum()) - mean.size
-            var = np.full_like(mean, dev2.sum() / max(dof, 1.0))
-        else:
-            var = dev2.sum(0) / np.maximum(count[:, None] - 1, 1)  # unbiased per example
-        return mean, np.sqrt(var) + 1e-30
-
-    mu_out, sd_out = moments(w_out, n_out)
-    if online:
-        mu_in, sd_in = moments(w_in, n_in)
-        score = stats.norm.logpdf(phi_target, mu_in, sd_in) - stats.norm.logpdf(phi_target, mu_out, sd_out)
-    else:
-        score = stats.norm.logcdf(phi_target, mu_out, sd_out)
+    score = lira_scores(
+        phi_target, phi_shadow, inc, ~inc, online=online, fixed_variance=fixed_variance, two_sided=two_sided
+    )
     name = "lira_" + ("online" if online else "offline") + ("_fixed_variance" if fixed_variance else "")
-    return AttackResult(name, score.mean(1), None, {"shadow_models": int(inc.shape[0])})
+    return AttackResult(name, score, None, {"shadow_models": int(inc.shape[0])})
+
+
+def _gather(values: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """``values[m, n, ...]`` of the rows selected in each column of ``mask`` ``[M, N]`` as ``[r, N, ...]`` when
+    every column selects the same number r (then plain numpy reductions apply); None otherwise."""
+    counts = mask.sum(0)
+    if counts.min() != counts.max():
+        return None
+    r = int(counts[0])
+    rows = np.nonzero(mask.T)[1].reshape(mask.shape[1], r).T  # column by column, rows ascending
+    return values[rows, np.arange(mask.shape[1])[None, :]]
+
+
+def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return np.where(mask.reshape(mask.shape + (1,) * (values.ndim - 2)), values, np.nan)
+
+
+def _norm_logpdf(x: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    return -0.5 * ((x - mu) / sd) ** 2 - np.log(sd) - 0.5 * np.log(2.0 * np.pi)
+
+
+def lira_scores(
+    phi: np.ndarray,
+    phi_shadow: np.ndarray,
+    ref_in: np.ndarray,
+    ref_out: np.ndarray,
+    *,
+    online: bool = True,
+    fixed_variance: bool = False,
+    two_sided: bool = False,
+) -> np.ndarray:
+    """LiRA scores ``[N]`` from signals (Carlini et al. 2022, Algorithm 1, as their reference code computes it).
+
+    ``phi``: the target's signal ``[N, Q]`` (:func:`~sparsemia.mia.signals.logit_scaled_confidence`,
+    float64); ``phi_shadow``: the shadow models' ``[M, N, Q]``; ``ref_in`` / ``ref_out``: ``[M, N]``,
+    the shadow models used as IN / OUT references of each candidate. Per candidate and query,
+    μ = median and σ = standard deviation (ddof 0) of the references' signals, σ + 1e-30
+    (``research/mi_lira_2021/plot.py``: ``np.median``, ``np.std``). Fixed variance: one σ, the
+    standard deviation of all IN signals (online; the reference code uses it for both Gaussians)
+    or of all OUT signals (offline).
+
+    * online: ``mean_q [log N(φ_q; μ_in, σ_in²) − log N(φ_q; μ_out, σ_out²)]`` (``generate_ours``);
+    * offline, one-sided (default): ``mean_q log Pr[Z ≤ φ_q]``, ``Z ~ N(μ_out, σ_out²)`` — the
+      paper's Algorithm 1 (Λ = 1 − Pr[Z > φ]). Training raises a member's confidence, so only the
+      upper tail is evidence of membership; a target far *below* its OUT distribution (an example
+      it gets wrong) is evidence against it;
+    * offline, two-sided (``two_sided=True``): ``−mean_q log N(φ_q; μ_out, σ_out²)``, what the
+      reference ``generate_ours_offline`` computes (any deviation from OUT counts as membership).
+
+    Over Q augmented queries each query has its own Gaussians and the per-query terms are
+    averaged (the reference's ``score.mean(1)``).
+    """
+
+    def fit(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        vals = _gather(phi_shadow, mask)
+        if vals is not None:
+            return np.median(vals, 0), np.std(vals, 0), vals
+        vals = _masked(phi_shadow, mask)
+        return np.nanmedian(vals, 0), np.nanstd(vals, 0), vals
+
+    mu_out, sd_out, vals_out = fit(ref_out)
+    if online:
+        mu_in, sd_in, vals_in = fit(ref_in)
+        if fixed_variance:
+            sd_in = sd_out = np.full_like(sd_in, np.nanstd(vals_in))
+        score = _norm_logpdf(phi, mu_in, sd_in + 1e-30) - _norm_logpdf(phi, mu_out, sd_out + 1e-30)
+    else:
+        if fixed_variance:
+            sd_out = np.full_like(sd_out, np.nanstd(vals_out))
+        if two_sided:
+            score = -_norm_logpdf(phi, mu_out, sd_out + 1e-30)
+        else:
+            score = special.log_ndtr((phi - mu_out) / (sd_out + 1e-30))
+    return score.mean(-1)
 
 
 # ---------------------------------------------------------------------------- RMIA
+
+
+def trimmed_mean(values: np.ndarray, mask: np.ndarray | None, proportiontocut: float) -> np.ndarray:
+    """Mean over axis 0 after cutting ``proportiontocut`` of the values at each end (``scipy.stats.trim_mean``'s
+    rule: ``int(proportiontocut · n)`` from each side), over the rows that ``mask`` ``[M, N]`` selects."""
+    if mask is None:
+        mask = np.ones(values.shape[:2], dtype=bool)
+    filled = np.sort(_masked(values, mask), axis=0)  # NaNs (unselected) sort last
+    n = mask.sum(0).reshape((1, -1) + (1,) * (values.ndim - 2))
+    cut = np.floor(proportiontocut * n).astype(np.int64)
+    rank = np.arange(values.shape[0]).reshape((-1,) + (1,) * (values.ndim - 1))
+    keep = (rank >= cut) & (rank < n - cut)
+    return np.where(keep, filled, 0.0).sum(0) / keep.sum(0)
+
+
+def rmia_ratio(p: np.ndarray, p_all: np.ndarray, refs: np.ndarray, offline_a: float | None, trim: float) -> np.ndarray:
+    """RMIA's likelihood ratio ``LR(x) = Pr(x|θ) / Pr(x)`` ``[N, Q]`` from the target's ``p`` ``[N, Q]`` and the
+    models' ``p_all`` ``[M, N, Q]`` (``Pr(x|θ)``: softmax probability of the true class), ``refs`` ``[M, N]``
+    the references of each candidate (Zarifzadeh, Liu, Oo & Shokri 2024, "Low-Cost High-Power Membership
+    Inference Attacks"). ``Pr(x)`` is the ``trim``-trimmed mean of the references' ``Pr(x|θ')`` (the
+    paper's code: ``scipy.stats.trim_mean``, ``proportiontocut`` 0.2); offline (``offline_a`` given, OUT
+    references only) the paper's linear approximation of the missing IN models,
+    ``Pr(x) = ½((1 + a) · Pr_OUT(x) + (1 − a))``."""
+    vals = _gather(p_all, refs)
+    pr = trimmed_mean(vals, None, trim) if vals is not None else trimmed_mean(p_all, refs, trim)
+    if offline_a is not None:
+        pr = 0.5 * ((1.0 + offline_a) * pr + (1.0 - offline_a))
+    return p / pr
+
+
+def rmia_scores(lr_x: np.ndarray, lr_z: np.ndarray, gamma: float) -> np.ndarray:
+    """RMIA's score ``Score_MIA(x) = Pr_z[LR(x) / LR(z) > γ]`` from ``lr_x`` ``[N, Q]`` and the population's
+    ``lr_z`` ``[Z, Q]``. Over Q > 1 augmented queries each pair (x, z) is decided by a strict majority of
+    the queries' comparisons (the paper's code: ``majority_voting_tensor`` over augmentations)."""
+    q = lr_x.shape[1]
+    if q == 1:
+        sorted_z = np.sort(lr_z[:, 0])
+        return np.searchsorted(sorted_z, lr_x[:, 0] / gamma, side="left") / sorted_z.size
+    votes = np.zeros((lr_x.shape[0], lr_z.shape[0]), dtype=np.int32)
+    for j in range(q):
+        votes += lr_x[:, j, None] > gamma * lr_z[None, :, j]
+    return (2 * votes > q).mean(1)
 
 
 def rmia(

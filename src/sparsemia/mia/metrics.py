@@ -27,7 +27,18 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-__all__ = ["AttackMetrics", "attack_metrics", "tpr_at_fpr", "roc_points", "save_scores", "load_scores"]
+__all__ = [
+    "AttackMetrics",
+    "attack_metrics",
+    "tpr_at_fpr",
+    "roc_points",
+    "save_scores",
+    "load_scores",
+    "POPULATION_METRICS",
+    "bootstrap_draws",
+    "PooledROC",
+    "population_metrics",
+]
 
 
 def _check(scores, is_member) -> tuple[np.ndarray, np.ndarray]:
@@ -236,3 +247,147 @@ def load_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(score, is_member, index)`` from a file written by :func:`save_scores`."""
     with np.load(path) as npz:
         return npz["score"], npz["is_member"], npz["index"]
+
+
+# ---------------------------------------------------------------------------- populations of targets
+#
+# A population evaluation scores K target models on the same N candidates: scores and
+# membership are [K, N]. Metrics are pooled over every (target, candidate) pair, as LiRA's
+# plotting code pools its test models into one ROC curve, and their 95% intervals come from a
+# bootstrap that resamples targets and candidates together (a two-way bootstrap: replicate b
+# weights pair (t, x) by count_t · count_x, the multiplicities of t and x in its draws). The
+# pooled ROC is sorted once; a replicate is a weighted cumulative sum over that order, so it
+# costs O(K·N) instead of a sort.
+
+#: Metrics of a population, in the order reported.
+POPULATION_METRICS = ("attack_acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+
+
+def bootstrap_draws(num_targets: int, num_candidates: int, n_bootstrap: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Multiplicities ``([B, K], [B, N])`` of targets and candidates in B two-way bootstrap draws.
+
+    Deterministic in ``(num_targets, num_candidates, n_bootstrap, seed)``, so two populations
+    evaluated on the same candidates and inclusion get the same draws (paired comparisons).
+    """
+    if n_bootstrap < 0:
+        raise ValueError(f"n_bootstrap: expected >= 0, got {n_bootstrap}")
+    rng = np.random.default_rng([seed, num_targets, num_candidates, 0x5EED])
+    t = rng.integers(0, num_targets, (n_bootstrap, num_targets))
+    c = rng.integers(0, num_candidates, (n_bootstrap, num_candidates))
+    t_counts = np.zeros((n_bootstrap, num_targets))
+    c_counts = np.zeros((n_bootstrap, num_candidates))
+    rows = np.arange(n_bootstrap)[:, None]
+    np.add.at(t_counts, (rows, t), 1.0)
+    np.add.at(c_counts, (rows, c), 1.0)
+    return t_counts, c_counts
+
+
+class PooledROC:
+    """Pooled ROC metrics of ``scores`` / ``is_member`` ``[K, N]`` (and decisions ``predictions``),
+    at unit weights (the point estimate) or at a bootstrap replicate's target and candidate weights.
+
+    At unit weights the curve is scikit-learn's ``roc_curve(..., drop_intermediate=False)`` of the
+    flattened arrays (a point per distinct score), and the AUC its trapezoidal area (= ``roc_auc_score``).
+    """
+
+    def __init__(self, scores: np.ndarray, is_member: np.ndarray, predictions: np.ndarray | None = None) -> None:
+        s = np.asarray(scores, dtype=np.float64)
+        m = np.asarray(is_member, dtype=bool)
+        if s.ndim != 2 or s.shape != m.shape:
+            raise ValueError(f"scores and is_member: expected equal [K, N] shapes, got {s.shape} and {m.shape}")
+        if not np.isfinite(s).all():
+            raise ValueError("scores: contain NaN or infinite values")
+        if m.all() or not m.any():
+            raise ValueError("is_member: need both members and non-members")
+        self.shape = s.shape
+        order = np.argsort(-s.ravel(), kind="mergesort")
+        s_sorted = s.ravel()[order]
+        self._t, self._x = np.divmod(order, s.shape[1])
+        self._member = m.ravel()[order]
+        self._last = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
+        self._m = m
+        self._pred = None if predictions is None else np.asarray(predictions, dtype=bool)
+        if self._pred is not None and self._pred.shape != s.shape:
+            raise ValueError(f"predictions: expected shape {s.shape}, got {self._pred.shape}")
+
+    def metrics(self, target_weights: np.ndarray | None = None, candidate_weights: np.ndarray | None = None) -> dict:
+        """``{"attack_acc", "auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr"}`` (``attack_acc``: balanced
+        accuracy of the decisions, or the best over thresholds when there are none)."""
+        if target_weights is None:
+            w = np.ones(self._member.size)
+            w_grid = None
+        else:
+            w = target_weights[self._t] * candidate_weights[self._x]
+            w_grid = target_weights[:, None] * candidate_weights[None, :]
+        tps = np.cumsum(w * self._member)[self._last]
+        fps = np.cumsum(w * ~self._member)[self._last]
+        if tps[-1] <= 0 or fps[-1] <= 0:
+            return {k: float("nan") for k in POPULATION_METRICS}
+        tpr = np.r_[0.0, tps / tps[-1]]
+        fpr = np.r_[0.0, fps / fps[-1]]
+        out = {
+            "auc": float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1])) / 2),
+            "tpr_at_1pct_fpr": float(tpr[fpr <= 0.01].max()),
+            "tpr_at_0.1pct_fpr": float(tpr[fpr <= 0.001].max()),
+        }
+        if self._pred is None:
+            out["attack_acc"] = float(0.5 + (tpr - fpr).max() / 2)
+        else:
+            wm = self._m if w_grid is None else self._m * w_grid
+            wn = ~self._m if w_grid is None else ~self._m * w_grid
+            tpr_p = float((wm * self._pred).sum() / wm.sum())
+            fpr_p = float((wn * self._pred).sum() / wn.sum())
+            out["attack_acc"] = 0.5 * (tpr_p + 1.0 - fpr_p)
+        return {k: out[k] for k in POPULATION_METRICS}
+
+
+def _percentile_ci(values: np.ndarray) -> tuple[float, float]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))
+
+
+def population_metrics(
+    scores,
+    is_member,
+    predictions=None,
+    *,
+    n_bootstrap: int = 200,
+    seed: int = 0,
+) -> dict:
+    """Metrics of K targets scored on N candidates (``[K, N]`` arrays; higher score = member).
+
+    Returns ``{"num_targets", "num_candidates", "pooled": {metric: value}, "ci95": {metric: [lo, hi]},
+    "per_target": {"mean": {...}, "sd": {...}}}`` over :data:`POPULATION_METRICS`:
+
+    * ``pooled``: every (target, candidate) pair in one ROC curve / one confusion matrix
+      (as LiRA's code evaluates its test models);
+    * ``ci95``: 95% percentile intervals of the pooled metrics from ``n_bootstrap`` two-way
+      bootstrap replicates (targets and candidates resampled, :func:`bootstrap_draws`);
+    * ``per_target``: each target's own metrics, their mean and standard deviation (ddof 1)
+      over targets (how much one target model alone would have varied).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    m = np.asarray(is_member, dtype=bool)
+    pred = None if predictions is None else np.asarray(predictions, dtype=bool)
+    roc = PooledROC(s, m, pred)
+    k, n = s.shape
+    out: dict = {"num_targets": k, "num_candidates": n, "pooled": roc.metrics()}
+    tw, cw = bootstrap_draws(k, n, n_bootstrap, seed)
+    reps = np.array([[r[key] for key in POPULATION_METRICS] for r in (roc.metrics(a, b) for a, b in zip(tw, cw, strict=True))])
+    out["ci95"] = {
+        key: list(_percentile_ci(reps[:, i])) if n_bootstrap else [float("nan")] * 2
+        for i, key in enumerate(POPULATION_METRICS)
+    }
+    per = []
+    for t in range(k):
+        if m[t].all() or not m[t].any():
+            continue
+        per.append(PooledROC(s[t : t + 1], m[t : t + 1], None if pred is None else pred[t : t + 1]).metrics())
+    values = np.array([[p[key] for key in POPULATION_METRICS] for p in per])
+    out["per_target"] = {
+        "mean": {key: float(values[:, i].mean()) for i, key in enumerate(POPULATION_METRICS)},
+        "sd": {key: float(values[:, i].std(ddof=1)) if len(per) > 1 else 0.0 for i, key in enumerate(POPULATION_METRICS)},
+    }
+    return out
