@@ -18,11 +18,13 @@ _ATTRS = {
     "SparseWeight": ("sparsemia.formats", "SparseWeight"),
     "sparsify": ("sparsemia.nn", "sparsify"),
     "densify": ("sparsemia.nn", "densify"),
+    "compile": ("sparsemia.nn.compiled", "compile"),
 }
 
 if TYPE_CHECKING:
     from sparsemia import ops as ops
     from sparsemia.formats import SparseWeight as SparseWeight
+    from sparsemia.nn.compiled import compile as compile
 
 
 def __getattr__(name: str) -> Any:
@@ -38,4 +40,4 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | _SUBMODULES | set(_ATTRS))
 
 
-__all__ = ["SparseWeight", "ops", "sparsify", "densify", "__version__"]
+__all__ = ["SparseWeight", "ops", "sparsify", "densify", "compile", "__version__"]

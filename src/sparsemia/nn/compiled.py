@@ -1,0 +1,464 @@
+"""``compile``: a pruned model run as one inference unit, without per-layer framework overhead.
+
+:func:`sparsemia.sparsify` swaps layers and leaves the model's Python as it was:
+every layer is an ``nn.Module`` call and every sparse op goes through argument
+checks and backend selection, which at batch 1 costs more than the arithmetic.
+:func:`compile` instead traces the model once (``torch.fx``) and rewrites the
+graph for inference:
+
+* BatchNorm is folded into the convolution before it (eval mode only; the
+  pruned taps stay zero, the rows are rescaled);
+* a ReLU (and a square max-pool) after a convolution is fused into it, a ReLU6
+  becomes an in-place clamp of the convolution's output, a ReLU after a linear
+  layer runs in place;
+* every convolution and linear layer calls its kernel directly
+  (``torch.ops.sparsemia.*`` with the CSR pattern and the geometry prepared once,
+  or the dense ATen op), chosen per layer by timing each candidate on the layer's
+  real input from ``example_input`` (dense, dense with the oneDNN fused
+  activation where available, sparse);
+* everything else in the graph (pooling, flatten, additions, modules it does not
+  know) runs as before.
+
+The result is a straight-line ``torch.fx.GraphModule`` wrapped in
+:class:`CompiledModel`. A model that cannot be traced (data-dependent Python
+control flow) still compiles: it falls back to :func:`sparsemia.sparsify`'s
+layer swap, and :attr:`CompiledModel.lowered` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from sparsemia.formats import SparseWeight
+from sparsemia.nn._base import SparseWeightModule
+from sparsemia.nn.convert import _copy, _layer_mask, densify, sparsify
+
+__all__ = ["compile", "CompiledModel", "LayerChoice"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LayerChoice:
+    """How one convolution / linear layer of a compiled model runs.
+
+    ``times`` holds the measured seconds per call of each candidate on the layer's input
+    from ``example_input`` (the epilogue included); ``choice`` is the fastest.
+    """
+
+    name: str
+    kind: str  # "conv" or "linear"
+    density: float
+    epilogue: str  # "", "relu", "relu+maxpool2", "relu6", ...
+    batchnorm_folded: bool
+    choice: str = ""
+    times: dict[str, float] = field(default_factory=dict)
+
+
+class CompiledModel(nn.Module):
+    """The model compiled by :func:`compile`: call it like the original (inference only).
+
+    Attributes:
+        lowered: True when the whole graph was rewritten; False when the model could not be
+            traced and runs as :func:`sparsemia.sparsify`'s layer swap instead.
+        layers: a :class:`LayerChoice` per convolution / linear layer (empty when not lowered).
+        graph_module: the rewritten ``torch.fx.GraphModule`` (or the sparsified model).
+    """
+
+    def __init__(self, graph_module: nn.Module, layers: list[LayerChoice], lowered: bool, reason: str = "") -> None:
+        super().__init__()
+        self.graph_module = graph_module
+        self.layers = layers
+        self.lowered = lowered
+        self.reason = reason
+        self._run = graph_module.forward
+        self._folded = any(layer.batchnorm_folded for layer in layers)
+        self.training = graph_module.training
+
+    def forward(self, *args, **kwargs):
+        # Lowered layers call kernels without autograd formulas (the fused epilogues have none).
+        with torch.no_grad():
+            return self._run(*args, **kwargs)
+
+    def train(self, mode: bool = True) -> CompiledModel:
+        if mode and self._folded:
+            raise RuntimeError(
+                "mode: a compiled model with BatchNorm folded into its convolutions is for inference only; "
+                "compile the model in training mode (model.train()) to keep its BatchNorm layers"
+            )
+        return super().train(mode)
+
+    def summary(self) -> str:
+        """One line: layers sparse / total, BatchNorm folded, epilogues fused (or why not lowered)."""
+        if not self.lowered:
+            return f"not lowered ({self.reason}); runs as sm.sparsify"
+        sparse = sum(layer.choice == "sparse" for layer in self.layers)
+        folded = sum(layer.batchnorm_folded for layer in self.layers)
+        fused = sum(bool(layer.epilogue) for layer in self.layers)
+        return f"{sparse}/{len(self.layers)} layers sparse, {folded} BatchNorm folded, {fused} epilogues fused"
+
+
+# --------------------------------------------------------------------------
+# Graph matching
+# --------------------------------------------------------------------------
+
+
+class _Tracer(fx.Tracer):
+    """Sparse layers are leaves (their ops check arguments in Python that tracing cannot see through)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, SparseWeightModule) or super().is_leaf_module(m, qualname)
+
+
+def _module(node: fx.Node, modules: dict[str, nn.Module]) -> nn.Module | None:
+    return modules.get(node.target) if node.op == "call_module" else None
+
+
+def _is_relu(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return type(modules[node.target]) is nn.ReLU
+    if node.op == "call_function":
+        return node.target in (F.relu, torch.relu, torch.relu_, torch.nn.functional.relu_) and len(node.args) == 1
+    return node.op == "call_method" and node.target in ("relu", "relu_") and len(node.args) == 1
+
+
+def _is_relu6(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        m = modules[node.target]
+        return type(m) is nn.ReLU6 or (type(m) is nn.Hardtanh and m.min_val == 0.0 and m.max_val == 6.0)
+    return node.op == "call_function" and node.target is F.relu6 and len(node.args) == 1
+
+
+def _square_pool(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
+    """k for a k x k max-pool with stride k, no padding, no dilation, floor mode (what the fused op computes)."""
+    m = _module(node, modules)
+    if type(m) is not nn.MaxPool2d:
+        return None
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v) for v in (m.kernel_size, m.stride, m.padding, m.dilation))
+    if k[0] != k[1] or s != k or p != (0, 0) or d != (1, 1) or m.ceil_mode or m.return_indices:
+        return None
+    return int(k[0])
+
+
+def _single_user(node: fx.Node) -> fx.Node | None:
+    users = list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _pair(v) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+# --------------------------------------------------------------------------
+# Candidates: each builds (target, args) for one implementation of a layer + epilogue
+# --------------------------------------------------------------------------
+
+
+@dataclass
+class _Layer:
+    """A convolution or linear layer and the nodes fused into it (first node .. last node)."""
+
+    name: str
+    module: nn.Module  # dense nn.Conv2d / nn.Linear, BatchNorm already folded in
+    first: fx.Node
+    last: fx.Node
+    relu: bool = False
+    relu6: bool = False
+    pool: int = 0
+    folded: bool = False
+    mask: torch.Tensor | None = None  # pruning mask (None: the zeros are pruned)
+
+    @property
+    def epilogue(self) -> str:
+        if self.relu6:
+            return "relu6"
+        return ("relu" if self.relu else "") + (f"+maxpool{self.pool}" if self.pool > 1 else "")
+
+
+_MKLDNN_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+
+
+def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Implementations of the layer with its epilogue, as functions of the input; each has
+    ``.steps``: the (target, args-after-input) calls that compute it in a graph."""
+    m = layer.module
+    weight = m.weight.detach()
+    bias = None if m.bias is None else m.bias.detach()
+    mask = layer.mask
+    found: dict[str, list[tuple]] = {}
+    kept = int((mask if mask is not None else weight != 0).sum())
+    if isinstance(m, nn.Conv2d):
+        stride, padding, dilation = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
+        kernel = tuple(weight.shape[2:])
+        pre = []
+        if kernel == (1, 1) and padding == (0, 0) and stride != (1, 1):
+            # a strided 1x1 kernel reads every stride-th pixel: convolve those at stride 1
+            pre = [(_subsample, (stride,))]
+            stride = (1, 1)
+        dense = [(torch.conv2d, (weight, bias, list(_pair(m.stride)), list(padding), list(dilation), m.groups))]
+        found["dense"] = dense + _dense_epilogue(layer)
+        if _MKLDNN_POINTWISE is not None and not layer.pool and weight.dtype == torch.float32:
+            attr, scalars = ("relu", []) if layer.relu else ("hardtanh", [0.0, 6.0]) if layer.relu6 else ("none", [])
+            found["dense_fused"] = [(_MKLDNN_POINTWISE.default, (weight, bias, list(padding), list(_pair(m.stride)),
+                                                                  list(dilation), m.groups, attr, scalars, ""))]
+        if kept < weight.numel():
+            crow, col, values = SparseWeight.from_dense(weight, mask=mask, format="csr").csr()
+            geometry = (list(kernel), list(stride), list(padding), list(dilation), m.groups)
+            if layer.relu:
+                ops = [(torch.ops.sparsemia.csr_conv2d_relu_pool.default,
+                        (crow, col, values, bias, *geometry, max(layer.pool, 1)))]
+            else:
+                ops = [(torch.ops.sparsemia.csr_conv2d.default, (crow, col, values, bias, *geometry))]
+                ops += _dense_epilogue(layer)
+            found["sparse"] = pre + ops
+    else:
+        found["dense"] = [(torch._C._nn.linear, (weight, bias))] + _dense_epilogue(layer)
+        if kept < weight.numel():
+            crow, col, values = SparseWeight.from_dense(weight, mask=mask, format="csr").csr()
+            found["sparse"] = [(_csr_linear, (crow, col, values, bias))] + _dense_epilogue(layer)
+    out = {}
+    for name, steps in found.items():
+        def run(x, steps=steps):
+            for target, args in steps:
+                x = target(x, *args)
+            return x
+
+        run.steps = steps
+        out[name] = run
+    return out
+
+
+def _dense_epilogue(layer: _Layer) -> list[tuple]:
+    steps: list[tuple] = []
+    if layer.relu:
+        steps.append((torch.relu_, ()))
+    if layer.relu6:
+        steps.append((torch.ops.aten.hardtanh_.default, (0.0, 6.0)))
+    if layer.pool > 1:
+        steps.append((F.max_pool2d, (layer.pool,)))
+    return steps
+
+
+def _subsample(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:
+    return x[:, :, :: stride[0], :: stride[1]]
+
+
+def _csr_linear(x, crow, col, values, bias):
+    # sparsemia's linear kernel takes [B, K]; keep any leading dimensions as F.linear does
+    if x.dim() == 2:
+        return torch.ops.sparsemia.csr_linear.default(x, crow, col, values, bias)
+    y = torch.ops.sparsemia.csr_linear.default(x.reshape(-1, x.shape[-1]), crow, col, values, bias)
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def _best_seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, budget: float = 0.02) -> float:
+    """Fastest of a few timed calls of ``fn(x)`` (each a loop of calls lasting about ``budget`` / 5)."""
+    start = time.perf_counter()
+    fn(x)
+    once = max(time.perf_counter() - start, 1e-7)
+    reps = max(1, min(1000, int(budget / 5 / once)))
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn(x)
+        best = min(best, (time.perf_counter() - start) / reps)
+    return best
+
+
+# --------------------------------------------------------------------------
+# The passes
+# --------------------------------------------------------------------------
+
+
+def _match_layers(gm: fx.GraphModule, fold_batchnorm: bool) -> list[_Layer]:
+    modules = dict(gm.named_modules())
+    layers = []
+    for node in list(gm.graph.nodes):
+        m = _module(node, modules)
+        if type(m) not in (nn.Conv2d, nn.Linear) and not _is_parametrized_layer(m):
+            continue
+        if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
+            continue  # runs as it is
+        weight, mask = _layer_mask(m)
+        dense = _plain_layer(m, weight)
+        layer = _Layer(node.target, dense, node, node, mask=mask)
+        nxt = _single_user(node)
+        if isinstance(dense, nn.Conv2d) and fold_batchnorm and nxt is not None:
+            bn = _module(nxt, modules)
+            if type(bn) is nn.BatchNorm2d and not bn.training and bn.track_running_stats and bn.running_mean is not None:
+                layer.module = fuse_conv_bn_eval(dense, bn)
+                layer.folded = True
+                layer.last = nxt
+                nxt = _single_user(nxt)
+        if nxt is not None and _is_relu(nxt, modules):
+            layer.relu, layer.last = True, nxt
+            nxt = _single_user(nxt)
+            if isinstance(dense, nn.Conv2d) and nxt is not None and _square_pool(nxt, modules):
+                layer.pool, layer.last = _square_pool(nxt, modules), nxt
+        elif nxt is not None and _is_relu6(nxt, modules) and isinstance(dense, nn.Conv2d):
+            layer.relu6, layer.last = True, nxt
+        layers.append(layer)
+    return layers
+
+
+def _is_parametrized_layer(m: nn.Module | None) -> bool:
+    return isinstance(m, nn.Conv2d | nn.Linear) and (
+        hasattr(m, "weight_orig") or torch.nn.utils.parametrize.is_parametrized(m, "weight")
+    )
+
+
+def _plain_layer(m: nn.Module, weight: torch.Tensor) -> nn.Module:
+    """A plain nn.Conv2d / nn.Linear with the effective (masked) weight."""
+    if isinstance(m, nn.Conv2d):
+        plain = nn.Conv2d(m.in_channels, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+                          bias=m.bias is not None, dtype=weight.dtype, device=weight.device)
+    else:
+        plain = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, dtype=weight.dtype,
+                          device=weight.device)
+    with torch.no_grad():
+        plain.weight.copy_(weight)
+        if m.bias is not None:
+            plain.bias.copy_(m.bias.detach())
+    return plain.eval()
+
+
+def _layer_inputs(gm: fx.GraphModule, layers: list[_Layer], example_input: tuple) -> dict[str, torch.Tensor]:
+    firsts = {layer.first: layer.name for layer in layers}
+    captured: dict[str, torch.Tensor] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            if n in firsts:
+                captured[firsts[n]] = self.env[n.args[0]].detach()
+            return super().run_node(n)
+
+    with torch.no_grad():
+        Recorder(gm).run(*example_input)
+    return captured
+
+
+def _rewrite(gm: fx.GraphModule, layer: _Layer, steps: list[tuple], index: int) -> None:
+    graph = gm.graph
+    value = layer.first.args[0]
+    with graph.inserting_before(layer.first):
+        for s, (target, args) in enumerate(steps):
+            consts = []
+            for a, arg in enumerate(args):
+                if isinstance(arg, torch.Tensor):
+                    attr = f"_layer{index}_{s}_{a}"
+                    gm.register_buffer(attr, arg)
+                    consts.append(graph.get_attr(attr))
+                else:
+                    consts.append(arg)
+            value = graph.call_function(target, (value, *consts))
+    layer.last.replace_all_uses_with(value)
+    # remove the original nodes, last first (each is used only by the next)
+    node = layer.last
+    while True:
+        prev = node.args[0] if node is not layer.first else None
+        graph.erase_node(node)
+        if prev is None:
+            break
+        node = prev
+
+
+def _unbuffer(gm: fx.GraphModule) -> None:
+    """Constants as plain attributes: ``self.x`` on a buffer costs an ``nn.Module.__getattr__`` call
+    per access, a plain attribute a dictionary lookup (tens of them per forward at batch 1)."""
+    for name in list(gm._buffers):
+        if name.startswith("_layer"):
+            tensor = gm._buffers.pop(name)
+            object.__setattr__(gm, name, tensor)
+
+
+def compile(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[torch.Tensor, ...],
+    *,
+    fold_batchnorm: bool = True,
+    measure: bool = True,
+) -> CompiledModel:
+    """Compile a pruned model for CPU inference (see the module docstring).
+
+    Args:
+        model: any ``nn.Module``; pruned with sparsemia, with ``torch.nn.utils.prune``, holding
+            zeros in dense weights, or already :func:`~sparsemia.sparsify`-ed. It is not modified.
+        example_input: a representative input (or tuple of inputs) on the CPU, of the batch size
+            the model will mostly run at: each layer's implementation is chosen by timing it on
+            the input this example gives that layer.
+        fold_batchnorm: fold BatchNorm into the convolution before it (only in eval mode; a model in
+            training mode keeps its BatchNorm layers).
+        measure: choose each layer's implementation by timing (default); False: sparse whenever the
+            layer has pruned weights.
+
+    Returns:
+        A :class:`CompiledModel`, computing what ``model`` computes (within fp32 rounding; BatchNorm
+        folding reorders one multiply-add) without autograd.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    if not inputs or not all(isinstance(t, torch.Tensor) for t in inputs):
+        raise TypeError("example_input: expected a tensor or a tuple of tensors")
+    if any(t.device.type != "cpu" for t in inputs):
+        raise ValueError("example_input: compile targets the CPU; got a tensor on " +
+                         next(str(t.device) for t in inputs if t.device.type != "cpu"))
+    if any(isinstance(m, SparseWeightModule) for m in model.modules()):
+        model = densify(model)  # the pattern is re-read from the zeros
+    else:
+        model = _copy(model)
+    try:
+        gm = fx.GraphModule(model, _Tracer().trace(model))
+    except Exception as exc:  # tracing fails on data-dependent control flow and the like
+        reason = f"not traceable: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+        logger.warning("sparsemia.compile: %s; running sparsify's layer swap instead", reason)
+        example = inputs[0] if len(inputs) == 1 else None
+        return CompiledModel(sparsify(model, example_input=example), [], lowered=False, reason=reason)
+    gm.train(model.training)
+    layers = _match_layers(gm, fold_batchnorm and not model.training)
+    if model.training:
+        # Keep the layers as modules so training mode (and autograd) behaves as in the model.
+        return CompiledModel(sparsify(model), [], lowered=False, reason="model in training mode")
+    captured = _layer_inputs(gm, layers, inputs)
+    choices = []
+    for index, layer in enumerate(layers):
+        weight = layer.module.weight
+        kept = int((layer.mask if layer.mask is not None else weight != 0).sum())
+        choice = LayerChoice(layer.name, "conv" if isinstance(layer.module, nn.Conv2d) else "linear",
+                             kept / max(weight.numel(), 1), layer.epilogue, layer.folded)
+        candidates = _candidates(layer)
+        x = captured.get(layer.name)
+        if x is None:  # the layer never ran on the example: the cost model's choice
+            choice.choice = "sparse" if "sparse" in candidates else "dense"
+        elif measure and len(candidates) > 1:
+            with torch.no_grad():
+                reference = candidates["dense"](x.clone())
+                for name, fn in list(candidates.items()):
+                    y = fn(x.clone())
+                    err = float((y - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
+                    if y.shape != reference.shape or not err <= 1e-5:
+                        logger.debug("compile: %s candidate %s disagrees (%.1e); dropped", layer.name, name, err)
+                        del candidates[name]
+                        continue
+                    choice.times[name] = _best_seconds(fn, x)
+            choice.choice = min(choice.times, key=choice.times.get)
+        else:
+            choice.choice = "sparse" if "sparse" in candidates else "dense"
+        _rewrite(gm, layer, candidates[choice.choice].steps, index)
+        choices.append(choice)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    _unbuffer(gm)
+    return CompiledModel(gm, choices, lowered=True)

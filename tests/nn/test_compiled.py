@@ -1,0 +1,182 @@
+"""sparsemia.compile: the whole pruned model as one inference unit, checked against eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.utils.prune as torch_prune
+from torch import nn
+
+import sparsemia as sm
+from sparsemia import models
+from sparsemia.nn.compiled import CompiledModel
+
+ZOO = {
+    "lenet5": (models.LeNet5, (1, 28, 28)),
+    "vgg16": (models.VGG16, (3, 32, 32)),
+    "resnet18": (models.ResNet18, (3, 32, 32)),
+    "mobilenetv2": (models.MobileNetV2, (3, 32, 32)),
+}
+
+
+def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((y - ref).abs().max() / ref.abs().max())
+
+
+def pruned(build, sparsity: float = 0.9, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = build()
+    with torch.no_grad():
+        for m in model.modules():  # BatchNorm statistics away from the identity, so folding is tested
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+    sm.prune.magnitude(model, sparsity=sparsity, scope="global")
+    sm.prune.remove(model)
+    return model.eval()
+
+
+@pytest.mark.parametrize(("batch", "measure"), [(1, False), (3, False), (2, True)],
+                         ids=["batch1-all-sparse", "batch3-all-sparse", "batch2-measured"])
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_models_match_eager(name, batch, measure):
+    build, shape = ZOO[name]
+    model = pruned(build)
+    x = torch.randn(batch, *shape)
+    compiled = sm.compile(model, example_input=x, measure=measure)
+    assert isinstance(compiled, CompiledModel) and compiled.lowered
+    n_layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
+    assert len(compiled.layers) == n_layers
+    if not measure:  # every pruned layer on the sparse kernels
+        assert all(layer.choice == "sparse" for layer in compiled.layers if layer.density < 1)
+    if name != "lenet5":
+        assert all(layer.batchnorm_folded for layer in compiled.layers if layer.kind == "conv")
+    with torch.no_grad():
+        ref = model(x)
+        for xs in (torch.randn(batch, *shape), torch.randn(1 if batch > 1 else 2, *shape)):  # other inputs, batches
+            assert rel_err(compiled(xs), model(xs)) <= 1e-5
+    assert rel_err(compiled(x), ref) <= 1e-5
+
+
+def test_fuses_relu_and_pool_of_lenet():
+    model = pruned(models.LeNet5)
+    compiled = sm.compile(model, example_input=torch.randn(1, 1, 28, 28), measure=False)
+    assert [layer.epilogue for layer in compiled.layers] == ["relu+maxpool2", "relu+maxpool2", "relu", "relu", ""]
+    targets = {n.target for n in compiled.graph_module.graph.nodes if n.op == "call_function"}
+    assert torch.ops.sparsemia.csr_conv2d_relu_pool.default in targets
+    assert not any(isinstance(m, nn.Conv2d | nn.Linear | nn.ReLU | nn.MaxPool2d)
+                   for m in compiled.graph_module.modules())
+    assert "layers sparse" in compiled.summary()
+
+
+def test_unknown_modules_keep_running():
+    class Odd(nn.Module):  # a module compile knows nothing about, between lowered layers
+        def forward(self, x):
+            return x * torch.sigmoid(x) + 0.5
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.GELU(), Odd(), nn.Conv2d(8, 8, 3), nn.Flatten(),
+                          nn.Dropout(0.5), nn.Linear(8 * 6 * 6, 4)).eval()
+    sm.prune.magnitude(model, sparsity=0.8, scope="global")
+    sm.prune.remove(model)
+    x = torch.randn(2, 3, 8, 8)
+    compiled = sm.compile(model, example_input=x, measure=False)
+    assert compiled.lowered
+    assert rel_err(compiled(x), model(x).detach()) <= 1e-5
+
+
+def test_untraceable_model_falls_back_to_sparsify():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 16, 3, padding=1)
+            self.fc = nn.Linear(16 * 8 * 8, 10)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+                y = torch.relu(y)
+            return self.fc(y.flatten(1))
+
+    model = Branchy().eval()
+    sm.prune.magnitude(model, sparsity=0.9, scope="global")
+    sm.prune.remove(model)
+    x = torch.randn(2, 3, 8, 8)
+    compiled = sm.compile(model, example_input=x)
+    assert not compiled.lowered and "not traceable" in compiled.reason
+    assert "runs as sm.sparsify" in compiled.summary()
+    assert rel_err(compiled(x), model(x).detach()) <= 1e-5
+
+
+def test_batchnorm_folded_in_eval_only():
+    model = pruned(models.VGG16)
+    x = torch.randn(4, 3, 32, 32)
+    model.train()
+    compiled_train = sm.compile(model, example_input=x)
+    assert not any(layer.batchnorm_folded for layer in compiled_train.layers)
+    with torch.no_grad():
+        # training mode: BatchNorm normalises with the batch's statistics, as the model does
+        assert rel_err(compiled_train(x), model(x)) <= 1e-5
+        model.eval()
+        compiled_eval = sm.compile(model, example_input=x)
+        assert all(layer.batchnorm_folded for layer in compiled_eval.layers if layer.kind == "conv")
+        assert rel_err(compiled_eval(x), model(x)) <= 1e-5
+    with pytest.raises(RuntimeError, match="BatchNorm folded"):
+        compiled_eval.train()
+    compiled_eval.eval()  # stays allowed
+
+
+def test_model_is_not_modified():
+    model = pruned(models.ResNet18)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    sm.compile(model, example_input=torch.randn(1, 3, 32, 32))
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
+def test_accepts_torch_prune_and_sparsified_models():
+    torch.manual_seed(0)
+    model = models.LeNet5().eval()
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            torch_prune.l1_unstructured(m, "weight", amount=0.9)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        ref = model(x)
+    compiled = sm.compile(model, example_input=x, measure=False)
+    assert all(layer.density <= 0.11 for layer in compiled.layers)
+    assert rel_err(compiled(x), ref) <= 1e-5
+    sparse = sm.sparsify(model)
+    compiled2 = sm.compile(sparse, example_input=x, measure=False)
+    assert compiled2.lowered and rel_err(compiled2(x), ref) <= 1e-5
+
+
+def test_strided_1x1_and_depthwise_layers_run_sparse():
+    model = nn.Sequential(
+        nn.Conv2d(8, 16, 1, stride=2, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),
+        nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 8, 3, stride=2, padding=1),
+    ).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_()
+                m.running_var.uniform_(0.5, 2)
+    sm.prune.magnitude(model, sparsity=0.6, scope="layer")
+    sm.prune.remove(model)
+    x = torch.randn(3, 8, 9, 9)
+    compiled = sm.compile(model, example_input=x, measure=False)
+    assert [layer.epilogue for layer in compiled.layers] == ["relu6", "relu", ""]
+    assert all(layer.choice == "sparse" for layer in compiled.layers)
+    assert rel_err(compiled(x), model(x).detach()) <= 1e-5
+
+
+def test_bad_arguments():
+    with pytest.raises(TypeError, match="model"):
+        sm.compile("not a model", example_input=torch.randn(1))
+    with pytest.raises(TypeError, match="example_input"):
+        sm.compile(nn.Linear(2, 2), example_input=[1.0, 2.0])
+    with pytest.raises(ValueError, match="example_input"):
+        sm.compile(nn.Linear(2, 2), example_input=torch.randn(1, 2, device="meta"))
