@@ -430,6 +430,19 @@ def compile(
         # Keep the layers as modules so training mode (and autograd) behaves as in the model.
         return CompiledModel(sparsify(model), [], lowered=False, reason="model in training mode")
     captured = _layer_inputs(gm, layers, inputs)
+    with torch.inference_mode(False):  # inference tensors would make the kernels re-plan every call
+        choices = _lower(gm, layers, captured, measure)
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+    gm.delete_all_unused_submodules()
+    _unbuffer(gm)
+    return CompiledModel(gm, choices, lowered=True)
+
+
+def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.Tensor],
+           measure: bool) -> list[LayerChoice]:
+    """Rewrite each layer's nodes as the chosen candidate's calls; the choices made."""
     choices = []
     for index, layer in enumerate(layers):
         weight = layer.module.weight
@@ -456,9 +469,4 @@ def compile(
             choice.choice = "sparse" if "sparse" in candidates else "dense"
         _rewrite(gm, layer, candidates[choice.choice].steps, index)
         choices.append(choice)
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
-    gm.delete_all_unused_submodules()
-    _unbuffer(gm)
-    return CompiledModel(gm, choices, lowered=True)
+    return choices
