@@ -229,3 +229,27 @@ def test_lira_computes_what_the_reference_code_computes(online, fixed):
         expected = -stats.norm.logpdf(tg, mean_out, std_out + 1e-30).mean(1)
     got = lira(target, labels, shadow, inc, online=online, fixed_variance=fixed, two_sided=True).scores
     np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_rmia_offline_tunes_a_on_a_reference_model():
+    target, labels, shadow, inc, is_member = _lira_setup(models=8, n=300)
+    pop_t, pop_labels, pop_shadow, _, _ = _lira_setup(models=8, n=300, seed=5)
+    tuned = rmia(target, labels, shadow, inc, pop_t, pop_labels, pop_shadow, online=False)
+    assert tuned.info["offline_a"] in [round(0.1 * i, 1) for i in range(11)]
+    fixed = rmia(target, labels, shadow, inc, pop_t, pop_labels, pop_shadow, online=False,
+                 offline_a=tuned.info["offline_a"])
+    np.testing.assert_array_equal(tuned.scores, fixed.scores)
+    with pytest.raises(ValueError, match="^offline_a"):
+        rmia(target, labels, shadow, inc, pop_t, pop_labels, pop_shadow, online=False, offline_a=1.5)
+
+
+def test_offline_lira_keeps_the_order_of_targets_far_above_their_out_distribution():
+    """With a tight OUT distribution (few references), targets 40σ+ above it used to tie at log Pr[Z ≤ φ] = 0."""
+    n, models = 5, 4
+    labels = np.zeros(n, dtype=np.int64)
+    out_phi = np.array([[0.0], [1e-3], [-1e-3], [2e-3]]) + np.zeros((models, n))
+    shadow = np.stack([out_phi, np.zeros_like(out_phi)], -1)
+    target_phi = np.array([0.5, 1.0, 1.5, 2.0, 2.5])
+    target = np.stack([target_phi, np.zeros(n)], -1)
+    scores = lira(target, labels, shadow, np.zeros((models, n), dtype=bool), online=False).scores
+    assert np.all(np.diff(scores) > 0), scores

@@ -186,3 +186,21 @@ def test_validation_errors_name_the_argument():
     other = evaluate_population(*synthetic_population(8, 50, seed=1), ["loss"], n_bootstrap=10)
     with pytest.raises(ValueError, match="^result_b"):
         compare(result, other, np.ones(8), np.ones(8))
+
+
+def test_outside_population_for_rmia_and_float32_logits():
+    """RMIA's z from data no model trained on; float32 and [K, N, C] logits give the float64 / Q = 1 result."""
+    logits, labels, inclusion = synthetic_population(8, 300, leak=1.5, seed=9)
+    outside, outside_labels, _ = synthetic_population(8, 200, leak=0.0, seed=19)
+    result = evaluate_population(logits, labels, inclusion, ["rmia_online", "rmia_offline"], n_bootstrap=0,
+                                 population_logits=outside, population_labels=outside_labels)
+    for a in result.attacks:
+        assert result.metrics[a]["pooled"]["auc"] > 0.6, a
+    as_64 = evaluate_population(logits, labels, inclusion, ["lira_online"], n_bootstrap=0)
+    as_32 = evaluate_population(logits[:, :, 0, :].astype(np.float32), labels, inclusion, ["lira_online"], n_bootstrap=0)
+    np.testing.assert_allclose(as_32.scores["lira_online"], as_64.scores["lira_online"], rtol=2e-3, atol=1e-4)
+    with pytest.raises(ValueError, match="^population_logits, population_labels"):
+        evaluate_population(logits, labels, inclusion, ["rmia_online"], population_logits=outside)
+    with pytest.raises(ValueError, match="^population_logits"):
+        evaluate_population(logits, labels, inclusion, ["rmia_online"], population_logits=outside[:3],
+                            population_labels=outside_labels)

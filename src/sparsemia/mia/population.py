@@ -133,7 +133,11 @@ def _canonical(name: str) -> str:
 
 
 def _check_inputs(logits, labels, inclusion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    z = np.asarray(logits, dtype=np.float64)
+    z = np.asarray(logits)
+    if not np.issubdtype(z.dtype, np.floating):
+        raise ValueError(f"logits: expected floating-point values, got dtype {z.dtype}")
+    # float32 logits stay float32 ([K, N, Q, C] can be large); signals are computed from them in float64
+    z = z.astype(np.promote_types(z.dtype, np.float32), copy=False)
     if z.ndim == 3:
         z = z[:, :, None, :]
     if z.ndim != 4:
@@ -281,6 +285,12 @@ def _shadow_model_scores(
         return torch.sigmoid(forward(torch.as_tensor(feats, dtype=torch.float32))).double().numpy()
 
 
+def _per_model(signal, logits: np.ndarray, labels: np.ndarray, *args) -> np.ndarray:
+    """``signal`` (float64) of each model's ``[N, Q, C]`` logits in turn: ``[K, N, Q]`` without a float64
+    copy of all the logits at once."""
+    return np.stack([signal(logits[k], labels[:, None], *args) for k in range(logits.shape[0])])
+
+
 def _rmia_of(
     plan: _Plan,
     offline_a: float | None,
@@ -328,7 +338,7 @@ def evaluate_population(
     references_per_side: int | None = None,
     population_logits=None,
     population_labels=None,
-    rmia_gamma: float = 2.0,
+    rmia_gamma: float = 1.0,
     rmia_temperature: float = 1.0,
     rmia_trim: float = 0.2,
     rmia_offline_a: float | None = None,
@@ -356,8 +366,10 @@ def evaluate_population(
             its calibration model c(t) excluded, e.g. 6 for K = 16 models on exact halves).
         population_logits / population_labels: ``[K, Z, Q, C]`` / ``[Z]`` outputs on data no model
             trained on, RMIA's population z; default: the target's own candidates.
-        rmia_gamma / rmia_temperature / rmia_trim: RMIA's γ (the paper's experiments: 2), the softmax
-            temperature of ``Pr(x|θ)``, and the trimmed-mean proportion of ``Pr(x)`` (RMIA code: 0.2).
+        rmia_gamma / rmia_temperature / rmia_trim: RMIA's γ, the softmax temperature of ``Pr(x|θ)``
+            and the trimmed-mean proportion of ``Pr(x)`` (the paper's code: 0.2). γ = 1 as in ML Privacy
+            Meter's RMIA, which like this one compares plain softmax probabilities; the paper's experiment
+            configurations pair γ = 2 with a soft-margin Taylor softmax at temperature 2 (see :func:`~sparsemia.mia.attacks.rmia`).
         rmia_offline_a: offline RMIA's ``a``; None tunes it per target on c(t) over
             :data:`OFFLINE_A_GRID` (best AUC), as the RMIA paper does with one reference model.
         rmia_max_population: at most this many population samples z (a fixed subsample from ``seed``).
@@ -412,7 +424,7 @@ def evaluate_population(
     if population_logits is not None or population_labels is not None:
         if population_logits is None or population_labels is None:
             raise ValueError("population_logits, population_labels: give both or neither")
-        pop_z = np.asarray(population_logits, dtype=np.float64)
+        pop_z = np.asarray(population_logits, dtype=np.float32)
         if pop_z.ndim == 3:
             pop_z = pop_z[:, :, None, :]
         if pop_z.ndim != 4 or pop_z.shape[0] != k or pop_z.shape[2:] != (q, c):
@@ -422,14 +434,14 @@ def evaluate_population(
             raise ValueError(f"population_labels: expected shape ({pop_z.shape[1]},), got {pop_y.shape}")
 
     needs = set(names)
-    phi_all = signals.logit_scaled_confidence(z, y[:, None]) if any(a.startswith("lira") for a in needs) else None
+    phi_all = _per_model(signals.logit_scaled_confidence, z, y) if any(a.startswith("lira") for a in needs) else None
     rmia_names = [a for a in names if a.startswith("rmia")]
-    p_all = signals.true_class_probability(z, y[:, None], rmia_temperature) if rmia_names else None
+    p_all = _per_model(signals.true_class_probability, z, y, rmia_temperature) if rmia_names else None
     p_pop = None
     z_idx = np.arange(n)
     if rmia_names:
         if pop_z is not None:
-            p_pop = signals.true_class_probability(pop_z, pop_y[:, None], rmia_temperature)  # [K, Z, Q]
+            p_pop = _per_model(signals.true_class_probability, pop_z, pop_y, rmia_temperature)  # [K, Z, Q]
             z_idx = np.arange(p_pop.shape[1])
         size = z_idx.size
         if size > rmia_max_population:
