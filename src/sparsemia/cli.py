@@ -2,8 +2,12 @@
 
 Each command is a thin layer over the Python API: it parses options (flags,
 or a YAML file given with ``--config`` whose keys are the option names), shows
-progress, and prints results. Errors are one clear line and a non-zero exit
-code; ``--debug`` shows the traceback.
+progress, and prints results. Errors are one line on stderr naming the option
+or file; the exit code is 2 for bad input (usage errors, bad values, unreadable
+or corrupted files), 1 for anything unexpected (a bug: ``--debug`` shows the
+traceback) and 130 when interrupted. Usage errors are recognised by their
+attributes, not their class, so the command works whether typer brings click
+or its own copy of it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,10 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+
+from sparsemia.io import check_output_dir
 
 app = typer.Typer(
     name="sparsemia",
@@ -29,6 +36,8 @@ app = typer.Typer(
 )
 # Wide enough for the benchmark tables when output is not a terminal.
 console = Console() if sys.stdout.isatty() else Console(width=200)
+# Errors go to stderr, never wrapped (one line, whatever the terminal width).
+err_console = Console(stderr=True, soft_wrap=True)
 _state: dict[str, Any] = {"debug": False}
 
 
@@ -44,7 +53,16 @@ def load_config(path: Path | None) -> dict[str, Any]:
 
     if not path.is_file():
         raise CLIError(f"--config: file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise CLIError(f"--config: {path}{where}: invalid YAML ({exc.problem or exc.context})") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise CLIError(f"--config: {path}: invalid YAML ({_one_line(str(exc))})") from None
+    except OSError as exc:
+        raise CLIError(f"--config: cannot read {path}: {exc.strerror or exc}") from None
     if not isinstance(data, dict):
         raise CLIError(f"--config: expected a mapping of option names to values in {path}")
     return {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -172,8 +190,9 @@ def bench(
 @app.command()
 def prune(
     ctx: typer.Context,
-    model_path: Path = typer.Argument(..., help="A model saved with torch.save(model, path)."),
+    model_path: Path = typer.Argument(..., help="A model file written by sparsemia (safetensors + <file>.json), or weights with --model-arch."),
     output: Path = typer.Option(..., "--output", "-o", help="The pruned model; its report goes to <output>.sparsity.json."),
+    model_arch: str | None = typer.Option(None, "--model-arch", help="Architecture of weights trained elsewhere (a safetensors file or .pt state_dict): lenet5, vgg16, resnet18, mobilenetv2 or mlp."),
     method: str = typer.Option("magnitude", help="magnitude or admm."),
     sparsity: float = typer.Option(0.9, help="Fraction of weights (blocks, filters) to prune; nm implies 1 - n/m."),
     structure: str = typer.Option("unstructured", help="unstructured, block, nm or filter (filter shrinks the model)."),
@@ -197,14 +216,15 @@ def prune(
     """Prune a saved model; write the pruned model and its sparsity report.
 
     Examples:
-      sparsemia prune lenet.pt -o lenet-90.pt --sparsity 0.9 --scope global --skip-first-last
-      sparsemia prune vgg.pt -o vgg-small.pt --structure filter --sparsity 0.5
-      sparsemia prune lenet.pt -o lenet-admm.pt --method admm --data mnist-embedded --rounds 6 --rho 0.1
+      sparsemia prune lenet.safetensors -o lenet-90.safetensors --sparsity 0.9 --scope global --skip-first-last
+      sparsemia prune vgg.safetensors -o vgg-small.safetensors --structure filter --sparsity 0.5
+      sparsemia prune lenet.safetensors -o lenet-admm.safetensors --method admm --data mnist-embedded --rounds 6 --rho 0.1
+      sparsemia prune my-weights.safetensors --model-arch lenet5 -o lenet-90.safetensors
     """
     from sparsemia.prune.cli import prune_saved_model, report_path
 
     file_options = load_config(config)
-    opts = merged(ctx, file_options, model_path=model_path, output=output, method=method, sparsity=sparsity,
+    opts = merged(ctx, file_options, model_path=model_path, output=output, model_arch=model_arch, method=method, sparsity=sparsity,
                   structure=structure, scope=scope, schedule=schedule, steps=steps, skip_first_last=skip_first_last,
                   block=block, n=n, m=m, data=data, data_root=data_root, epochs=epochs, rounds=rounds, rho=rho, lr=lr,
                   batch_size=batch_size, seed=seed)
@@ -214,8 +234,9 @@ def prune(
     if len(block_shape) != 2:
         raise CLIError(f"--block: expected rows,cols, got {block_shape}")
     output_path = Path(opts.pop("output"))
+    arch = opts.pop("model_arch")
     with console.status("pruning"):
-        report = prune_saved_model(opts.pop("model_path"), output_path, block=tuple(block_shape), **opts)
+        report = prune_saved_model(opts.pop("model_path"), output_path, block=tuple(block_shape), arch=arch, **opts)
     console.print(str(report), highlight=False)
     console.print(f"wrote {output_path} and {report_path(output_path)}", highlight=False)
 
@@ -263,6 +284,8 @@ def reproduce(
                   sparsity=sparsity, defenses=defenses, attacks=attacks, num_shadows=num_shadows, epochs=epochs,
                   data_root=data_root, device=device, executor=executor, ray_address=ray_address, force=force,
                   list_presets=list_presets)
+    _check_device(opts["device"])
+    check_output_dir(Path(opts["out"]), "--out")
     name = opts["preset"] + ("-quick" if opts["quick"] and not str(opts["preset"]).endswith("-quick") else "")
     base = get_preset(name)
     cfg = base.with_overrides(
@@ -288,6 +311,16 @@ def reproduce(
     console.print(f"report: {Path(opts['out']) / 'report.md'}")
 
 
+def _check_device(device: str | None) -> None:
+    if device is None or not device.startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise CLIError(f"--device: {device!r} asked for, but {why} (torch {torch.__version__}); use --device cpu")
+
+
 def _print_results(results: dict[str, Any]) -> None:
     table = Table(title="membership inference against each defense")
     for col in ("defense", "attack", "test acc", "attack acc", "AUC", "TPR@1%FPR", "sparsity", "speedup"):
@@ -309,6 +342,11 @@ def report(
     """
     from sparsemia.experiments import write_report
 
+    if not out.is_dir():
+        raise CLIError(f"--out: {out} is {'a file' if out.exists() else 'missing'}; expected a run directory "
+                       "written by 'sparsemia reproduce'")
+    if not (out / "results.json").is_file():
+        raise CLIError(f"--out: {out} holds no results.json; expected a run directory written by 'sparsemia reproduce'")
     path = write_report(out)
     console.print(f"report: {path}")
 
@@ -341,8 +379,8 @@ def train(
     """Train a target model under a defense; save it with its splits.
 
     Examples:
-      sparsemia train -o runs/lenet.pt --members 250 --epochs 40
-      sparsemia train -o runs/lenet-mm.pt --defense minmax --reference 500 --lam 2
+      sparsemia train -o runs/lenet.safetensors --members 250 --epochs 40
+      sparsemia train -o runs/lenet-mm.safetensors --defense minmax --reference 500 --lam 2
     """
     from sparsemia.train import TrainConfig
     from sparsemia.train.cli import train_target
@@ -371,10 +409,17 @@ def train(
 @app.command()
 def attack(
     ctx: typer.Context,
-    model_path: Path = typer.Argument(..., help="A model written by 'sparsemia train'."),
+    model_path: Path | None = typer.Argument(None, help="A model file written by 'sparsemia train' (or use --weights)."),
     out: Path = typer.Option(..., "--out", help="Directory for metrics.json and scores/."),
     attacks: str | None = typer.Option(None, help="Comma-separated attacks (default: all)."),
     num_shadows: int = typer.Option(16, min=1, help="Shadow / reference models (LiRA's paper: 64+)."),
+    weights: Path | None = typer.Option(None, "--weights", help="Weights trained elsewhere (safetensors or .pt state_dict); needs --model-arch, --data and --splits."),
+    model_arch: str | None = typer.Option(None, "--model-arch", help="Architecture of --weights: lenet5, vgg16, resnet18, mobilenetv2 or mlp."),
+    data: str | None = typer.Option(None, help="Dataset the model trained on (default: the model's record)."),
+    splits: Path | None = typer.Option(None, help="Splits file naming the model's members and non-members (default: <model>.splits.json)."),
+    epochs: int | None = typer.Option(None, min=0, help="Shadow training epochs (default: the model's record, else 30)."),
+    batch_size: int | None = typer.Option(None, min=1, help="Shadow training batch size (default: the model's record, else 64)."),
+    lr: float | None = typer.Option(None, help="Shadow learning rate (default: the model's record, else 1e-3)."),
     data_root: Path | None = typer.Option(None, help="Directory holding non-embedded datasets."),
     n_bootstrap: int = typer.Option(200, min=0, help="Bootstrap resamples for 95% intervals."),
     seed: int = typer.Option(0, help="Seed of the shadow models' subsets and initialisation."),
@@ -383,19 +428,29 @@ def attack(
     """Attack a trained model with stacked shadow models; print and save the metrics.
 
     Examples:
-      sparsemia attack runs/lenet.pt --out runs/lenet-attack --num-shadows 64
-      sparsemia attack runs/lenet.pt --out runs/a --attacks loss,lira_online,rmia_offline
+      sparsemia attack runs/lenet.safetensors --out runs/lenet-attack --num-shadows 64
+      sparsemia attack runs/lenet.safetensors --out runs/a --attacks loss,lira_online,rmia_offline
+      sparsemia attack --weights my.safetensors --model-arch lenet5 --data mnist-embedded --splits my.splits.json --out runs/b
     """
     from sparsemia.mia.cli import attack_saved_model
 
     opts = merged(ctx, load_config(config), model_path=model_path, out=out, attacks=attacks, num_shadows=num_shadows,
-                  data_root=data_root, n_bootstrap=n_bootstrap, seed=seed)
+                  weights=weights, model_arch=model_arch, data=data, splits=splits, epochs=epochs,
+                  batch_size=batch_size, lr=lr, data_root=data_root, n_bootstrap=n_bootstrap, seed=seed)
+    if (opts["model_path"] is None) == (opts["weights"] is None):
+        raise CLIError("MODEL_PATH or --weights: give exactly one (a model file from 'sparsemia train', or weights "
+                       "with --model-arch)")
+    if (opts["weights"] is None) != (opts["model_arch"] is None):
+        raise CLIError("--model-arch: needed with --weights (and only with it), to name the architecture")
     names = _parse_list(opts["attacks"], str, "--attacks") if opts["attacks"] else None
+    target = Path(opts["weights"] if opts["weights"] is not None else opts["model_path"])
+    train_config = _shadow_config(target, opts)
     with console.status(f"training {opts['num_shadows']} shadow models and attacking"):
-        results = attack_saved_model(Path(opts["model_path"]), Path(opts["out"]), attacks=names,
-                                     num_shadows=opts["num_shadows"], data_root=opts["data_root"],
+        results = attack_saved_model(target, Path(opts["out"]), attacks=names, num_shadows=opts["num_shadows"],
+                                     data=opts["data"], data_root=opts["data_root"], splits=opts["splits"],
+                                     arch=opts["model_arch"], train_config=train_config,
                                      n_bootstrap=opts["n_bootstrap"], seed=opts["seed"])
-    table = Table(title=f"membership inference against {opts['model_path']}")
+    table = Table(title=f"membership inference against {target}")
     for col in ("attack", "AUC", "95% CI", "TPR@1%FPR", "TPR@0.1%FPR", "attack acc", "advantage"):
         table.add_column(col, justify="right")
     for name, m in results.items():
@@ -404,6 +459,22 @@ def attack(
                       f"{m['tpr_at_0.1pct_fpr']:.1%}", f"{m['attack_acc']:.1%}", f"{m['advantage']:.3f}")
     console.print(table)
     console.print(f"wrote {Path(opts['out']) / 'metrics.json'} and scores/", highlight=False)
+
+
+def _shadow_config(target: Path, opts: dict[str, Any]):
+    """The shadow models' training config: the model's record (or the defaults) with the options given."""
+    from dataclasses import replace
+
+    from sparsemia.io import read_model_sidecar
+    from sparsemia.train import TrainConfig
+
+    changes = {k: opts[k] for k in ("epochs", "batch_size", "lr") if opts[k] is not None}
+    if opts["weights"] is not None:
+        return TrainConfig(**changes)
+    if not changes:
+        return None  # the record's, read by attack_saved_model
+    record = read_model_sidecar(target).get("record", {})
+    return replace(TrainConfig(**record.get("train_config", {})), **changes)
 
 
 def _parse_list(text: str | list, kind: type, option: str) -> list:
@@ -417,33 +488,75 @@ def _parse_list(text: str | list, kind: type, option: str) -> list:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``sparsemia`` console script."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    try:
-        app(args=argv, standalone_mode=False)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    except (CLIError, ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
-        if debug:
-            raise
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        return 2
-    except KeyboardInterrupt:
-        console.print("interrupted")
-        return 130
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
 
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 1
+
+def _usage_error(exc: BaseException) -> str | None:
+    """The message of a click/typer usage error (any version, vendored or not), else None."""
+    if hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int):
+        return _one_line(exc.format_message())
+    return None
+
+
+# Bad input: the user can fix it (exit 2). Anything else is a bug (exit 1).
+_INPUT_ERRORS = (CLIError, ValueError, TypeError, OSError, ImportError)
+_INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+def _error(message: str) -> None:
+    err_console.print(f"[red]error:[/red] {escape(_one_line(message))}", highlight=False)
+
+
+def _as_option(message: str, argv: list[str]) -> str:
+    """``"num_shadows: ..."`` from the Python API, as ``"--num-shadows: ..."`` when the command has that option."""
+    name, sep, rest = message.partition(": ")
+    if not sep or not name.isidentifier() or not argv:
+        return message
+    try:
+        group = typer.main.get_command(app)
+        command = group.commands.get(argv[0]) if hasattr(group, "commands") else None
+    except Exception:  # the hint is a nicety; never let it hide the error
+        return message
+    flag = "--" + name.replace("_", "-")
+    if command is not None and any(flag in getattr(p, "opts", ()) for p in command.params):
+        return f"{flag}: {rest}"
+    return message
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``sparsemia`` console script; returns the exit code."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    debug = "--debug" in args
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except KeyboardInterrupt:
+        err_console.print(_INTERRUPTED, highlight=False)
+        return 130
+    except Exception as exc:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        usage = _usage_error(exc)
+        if usage is not None:
+            command = getattr(getattr(exc, "ctx", None), "command_path", None) or "sparsemia"
+            _error(f"{usage} (see '{command} --help')")
+            return 2
+        if type(exc).__name__ == "Abort":  # click/typer turn Ctrl-C during a prompt into Abort
+            err_console.print(_INTERRUPTED, highlight=False)
+            return 130
+        if isinstance(exc, _INPUT_ERRORS):
+            command_args = [a for a in args if a != "--debug"]
+            _error(_as_option(str(exc) or type(exc).__name__, command_args))
+            return 2
+        _error(f"{type(exc).__name__}: {exc} (a bug: rerun with --debug for the traceback)")
         return 1
+    # typer answers Ctrl-C by returning 130 rather than raising
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        if code == 130:
+            err_console.print(_INTERRUPTED, highlight=False)
+        return code
     return 0
 
 

@@ -21,6 +21,7 @@ from sparsemia.experiments import (
     run_experiment,
     write_report,
 )
+from sparsemia.experiments.rundir import atomic_write_bytes
 from sparsemia.mia import load_scores
 
 TINY = ExperimentConfig(
@@ -133,13 +134,16 @@ def test_other_config_is_refused_unless_forced(finished, tmp_path):
 def test_atomic_writes_leave_no_partial_file(tmp_path):
     run = RunDir(tmp_path)
 
-    class Boom:
-        def __reduce__(self):
-            raise RuntimeError("interrupted")
+    def interrupted(f):
+        f.write(b"half a file")
+        raise KeyboardInterrupt
 
-    with pytest.raises(RuntimeError):
-        run.save_torch("model.pt", {"x": Boom()})
-    assert not run.exists("model.pt")
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(run.path("model.npz"), interrupted)
+    assert not run.exists("model.npz")
+    with pytest.raises(TypeError, match="only tensors"):
+        run.save_torch("model.safetensors", {"x": object()})
+    assert not run.exists("model.safetensors")
     assert list(tmp_path.iterdir()) == []
     run.write_json("a.json", {"v": np.float32(1.5)})
     assert run.read_json("a.json") == {"v": 1.5}

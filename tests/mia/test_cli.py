@@ -12,9 +12,9 @@ from sparsemia.mia import load_scores
 
 
 def test_train_then_attack(tmp_path):
-    model = tmp_path / "lenet.pt"
+    model = tmp_path / "lenet.safetensors"
     assert main(["train", "-o", str(model), "--members", "40", "--test", "100", "--epochs", "2", "--seed", "3"]) == 0
-    record = json.loads((tmp_path / "lenet.pt.train.json").read_text())
+    record = json.loads((tmp_path / "lenet.safetensors.json").read_text())["record"]
     assert record["train_config"]["seed"] == 3 and 0.0 <= record["test_accuracy"] <= 1.0
     out = tmp_path / "attack"
     code = main(["attack", str(model), "--out", str(out), "--num-shadows", "4",
@@ -28,5 +28,6 @@ def test_train_then_attack(tmp_path):
 
 
 def test_attack_errors_are_one_line(tmp_path, capsys):
-    assert main(["attack", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) != 0
-    assert "sparsemia train" in capsys.readouterr().out
+    assert main(["attack", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing.pt" in err

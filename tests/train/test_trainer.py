@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sparsemia.io import load_state, save_state
 from sparsemia.models import MLP, LeNet5
 from sparsemia.nn.stacked import stack_models
 from sparsemia.train import (
@@ -65,13 +66,13 @@ def test_checkpoint_resume_equals_uninterrupted(tmp_path):
     x, y = _blobs()
     full = _mlp()
     fit(full, x, y, CONFIG)
-    ckpt = tmp_path / "ckpt.pt"
+    ckpt = tmp_path / "ckpt.safetensors"
     part = _mlp()
     # an interrupted run: the checkpoint holds epoch 5 of the same config
-    fit(part, x, y, replace(CONFIG, epochs=5), checkpoint_path=tmp_path / "short.pt")
-    state = torch.load(tmp_path / "short.pt", weights_only=False)
+    fit(part, x, y, replace(CONFIG, epochs=5), checkpoint_path=tmp_path / "short.safetensors")
+    state = load_state(tmp_path / "short.safetensors")
     state["config"] = CONFIG.fingerprint()
-    torch.save(state, ckpt)
+    save_state(ckpt, state)
     resumed = _mlp(seed=123)  # different init: everything must come from the checkpoint
     history = fit(resumed, x, y, CONFIG, checkpoint_path=ckpt)
     assert len(history.loss) == CONFIG.epochs

@@ -17,12 +17,12 @@ creation and on load.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from sparsemia.io import atomic_write
 
 __all__ = ["MembershipSplits", "make_splits", "load_splits", "SPLIT_NAMES"]
 
@@ -86,19 +86,12 @@ class MembershipSplits:
     def save(self, path: str | Path) -> Path:
         """Write atomically to ``path`` (``.json`` or ``.npz``)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if path.suffix == ".npz":
-                    arrays = {name: getattr(self, name) for name in SPLIT_NAMES}
-                    np.savez(f, num_examples=self.num_examples, seed=-1 if self.seed is None else self.seed, **arrays)
-                else:
-                    f.write(json.dumps(self.to_dict()).encode())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        if path.suffix == ".npz":
+            arrays = {name: getattr(self, name) for name in SPLIT_NAMES}
+            seed = -1 if self.seed is None else self.seed
+            atomic_write(path, lambda f: np.savez(f, num_examples=self.num_examples, seed=seed, **arrays))
+        else:
+            atomic_write(path, json.dumps(self.to_dict()))
         return path
 
 

@@ -190,7 +190,7 @@ def _train_target(cfg: ExperimentConfig, run: RunDir, data, splits, defense_name
     from sparsemia.train import evaluate
 
     info_name = f"targets/{defense_name}.json"
-    if run.exists(info_name) and run.exists(f"targets/{defense_name}.pt"):
+    if run.exists(info_name) and run.exists(f"targets/{defense_name}.safetensors"):
         return run.read_json(info_name)
     x, y = data.features, data.labels
     members = torch.as_tensor(splits.target_members)
@@ -220,14 +220,14 @@ def _train_target(cfg: ExperimentConfig, run: RunDir, data, splits, defense_name
         "train_seconds": train_seconds,
     }
     info.update(_speed(copy.deepcopy(model).cpu(), x[test[: cfg.speed_batch]]))
-    run.save_torch(f"targets/{defense_name}.pt", model.state_dict())
+    run.save_torch(f"targets/{defense_name}.safetensors", model.state_dict())
     run.write_json(info_name, info)
     return info
 
 
 def _load_target(cfg: ExperimentConfig, run: RunDir, data, defense_name: str) -> nn.Module:
     model = _build_model(cfg, data.num_classes, data.sample_shape)
-    model.load_state_dict({k: v.to(cfg.device) for k, v in run.load_torch(f"targets/{defense_name}.pt").items()})
+    model.load_state_dict({k: v.to(cfg.device) for k, v in run.load_torch(f"targets/{defense_name}.safetensors").items()})
     return model.eval()
 
 
@@ -524,12 +524,17 @@ def run_experiment(
         raise ValueError(f"executor: expected 'local' or 'ray', got {executor!r}")
     progress = progress or _noop
     run = RunDir(out)
+    created = not run.root.exists()
     run.prepare({"experiment": config.to_dict(), "seeds": seeds}, force=force)
     per_seed = []
-    for i in range(seeds):
-        cfg = replace(config, seed=config.seed + i)
-        sub = run if seeds == 1 else run.sub(f"seed_{cfg.seed}")
-        per_seed.append(_run_one(cfg, sub, executor, ray_address, progress))
+    try:
+        for i in range(seeds):
+            cfg = replace(config, seed=config.seed + i)
+            sub = run if seeds == 1 else run.sub(f"seed_{cfg.seed}")
+            per_seed.append(_run_one(cfg, sub, executor, ray_address, progress))
+    except BaseException:
+        run.release(remove_root=created)  # a run that finished nothing must not block its directory
+        raise
     results = {
         "rows": _aggregate(per_seed),
         "per_seed": per_seed if seeds > 1 else None,

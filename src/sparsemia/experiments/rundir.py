@@ -9,17 +9,15 @@ records its configuration; starting it with a different one is refused unless
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
+
+from sparsemia.io import atomic_write, check_output_dir, load_state, save_state
 
 __all__ = ["RunDir", "ConfigMismatchError", "atomic_write_bytes"]
 
@@ -31,19 +29,8 @@ class ConfigMismatchError(ValueError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` so that readers see either nothing or all of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` so that readers see either nothing or all of it (see :func:`sparsemia.io.atomic_write`)."""
+    return atomic_write(path, data)
 
 
 class RunDir:
@@ -63,10 +50,17 @@ class RunDir:
 
     # ---------------------------------------------------------------- config
     def prepare(self, config: Mapping[str, Any], *, force: bool = False) -> None:
-        """Claim the directory for ``config``: new, the same config (resume), or refused."""
+        """Claim the directory for ``config``: new, the same config (resume), or refused.
+
+        A directory holding nothing but a configuration (a run that failed before
+        finishing anything) is claimed by any configuration.
+        """
+        check_output_dir(self.root, "--out")
         self.root.mkdir(parents=True, exist_ok=True)
         stored = self.path(CONFIG_FILE)
         wanted = json.loads(json.dumps(dict(config), sort_keys=True))
+        if stored.is_file() and self.holds_nothing_but_config():
+            stored.unlink()
         if stored.is_file():
             previous = json.loads(stored.read_text())
             if previous != wanted:
@@ -82,6 +76,19 @@ class RunDir:
         elif force:
             self.clear()
         self.write_json(CONFIG_FILE, wanted)
+
+    def holds_nothing_but_config(self) -> bool:
+        """True if the directory holds no artifact besides its configuration (temporary files aside)."""
+        return all(child.name == CONFIG_FILE or (child.name.startswith(".") and child.name.endswith(".tmp"))
+                   for child in self.root.iterdir())
+
+    def release(self, *, remove_root: bool) -> None:
+        """Undo :meth:`prepare` after a run that finished nothing, so the directory blocks no later run."""
+        if not self.root.is_dir() or not self.holds_nothing_but_config():
+            return
+        self.clear()
+        if remove_root:
+            self.root.rmdir()
 
     def clear(self) -> None:
         for child in self.root.iterdir():
@@ -101,21 +108,19 @@ class RunDir:
         return self.write_text(name, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
 
     def save_torch(self, name: str, obj: Any) -> Path:
-        buffer = io.BytesIO()
-        torch.save(obj, buffer)
-        return self.write_bytes(name, buffer.getvalue())
+        """A state (``state_dict``, nested dicts of tensors and numbers) as safetensors; never pickled."""
+        return save_state(self.path(name), obj)
 
     def save_npz(self, name: str, **arrays: np.ndarray) -> Path:
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        return self.write_bytes(name, buffer.getvalue())
+        return atomic_write(self.path(name), lambda f: np.savez(f, **arrays))
 
     # ----------------------------------------------------------------- reads
     def read_json(self, name: str) -> Any:
         return json.loads(self.path(name).read_text())
 
     def load_torch(self, name: str) -> Any:
-        return torch.load(self.path(name), map_location="cpu", weights_only=True)
+        """A state written by :meth:`save_torch` (older pickled files: ``weights_only=True``)."""
+        return load_state(self.path(name), what=str(self.path(name)))
 
     def load_npz(self, name: str) -> dict[str, np.ndarray]:
         with np.load(self.path(name)) as data:

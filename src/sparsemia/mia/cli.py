@@ -16,13 +16,16 @@ import numpy as np
 import torch
 
 from sparsemia.data import load_dataset, load_splits
+from sparsemia.io import atomic_write, check_output_dir, load_model
 from sparsemia.mia import attacks as A
 from sparsemia.mia.metrics import attack_metrics, save_scores
 from sparsemia.mia.shadow import lira_inclusion, score_models, train_shadow_models
-from sparsemia.train.cli import build_for, sidecar
+from sparsemia.train.cli import sidecar
 from sparsemia.train.trainer import TrainConfig, predict_logits
 
 __all__ = ["ATTACKS", "attack_saved_model"]
+
+_MIN_SHADOWS = 4
 
 ATTACKS = (
     *A.METRIC_ATTACKS,
@@ -42,7 +45,11 @@ def attack_saved_model(
     *,
     attacks: list[str] | None = None,
     num_shadows: int = 16,
+    data: str | None = None,
     data_root: Path | None = None,
+    splits: Path | None = None,
+    arch: str | None = None,
+    train_config: TrainConfig | None = None,
     n_bootstrap: int = 200,
     pkeep: float = 0.5,
     population: int = 1000,
@@ -50,25 +57,59 @@ def attack_saved_model(
 ) -> dict[str, dict[str, Any]]:
     """Run ``attacks`` (default all of :data:`ATTACKS`) on a saved target; returns metrics per attack.
 
+    ``model_path`` is a model file written by ``sparsemia train`` (its sidecar
+    names the architecture, dataset and training config; its splits lie beside
+    it), or, with ``arch`` (a :data:`sparsemia.models.MODELS` name), weights
+    trained elsewhere: a safetensors file or a ``.pt`` state_dict. Such a model
+    needs ``data`` and ``splits`` (which examples it trained on) given
+    explicitly; its shadow models train with ``train_config`` (default
+    :class:`TrainConfig`'s). No file is unpickled.
+
     Shadow models train on random subsets, as large as the target's training set,
     of a universe of the candidates plus attacker-pool examples sized so that each
     example is IN for a fraction ``pkeep`` of the shadows (Carlini et al.: 1/2).
     RMIA's population samples are up to ``population`` further pool examples that
-    no shadow model trained on.
+    no shadow model trained on. Nothing is written unless every attack succeeds.
     """
     attacks = list(attacks or ATTACKS)
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
         raise ValueError(f"attacks: unknown {unknown}; expected some of {list(ATTACKS)}")
-    record_path, splits_path = sidecar(model_path, "train"), sidecar(model_path, "splits")
-    for p in (model_path, record_path, splits_path):
-        if not p.exists():
-            raise FileNotFoundError(f"model_path: expected {p} (written by `sparsemia train`)")
-    record = json.loads(record_path.read_text())
-    splits = load_splits(splits_path)
-    config = TrainConfig(**record["train_config"])
-    dataset = load_dataset(record["data"], data_root)
-    target = torch.load(model_path, weights_only=False)
+    if num_shadows < _MIN_SHADOWS and any(a.startswith(("lira", "rmia")) for a in attacks):
+        raise ValueError(f"num_shadows: LiRA and RMIA need at least {_MIN_SHADOWS} shadow models (two IN and two OUT "
+                         f"per example), got {num_shadows}")
+    check_output_dir(out, "out")
+    model_path = Path(model_path)
+    if arch is None:
+        loaded = load_model(model_path, what="model_path")
+        record = loaded.record
+        for key in ("data", "train_config"):
+            if key not in record:
+                raise ValueError(f"model_path: the sidecar of {model_path} has no {key!r} in its record; give the data "
+                                 "and splits explicitly (CLI: --model-arch, --weights, --data, --splits)")
+        data = data or record["data"]
+        splits_path = Path(splits) if splits is not None else sidecar(model_path, "splits")
+        config = train_config or TrainConfig(**record["train_config"])
+    else:
+        if data is None or splits is None:
+            raise ValueError("data and splits: weights trained elsewhere need the dataset and the splits file naming "
+                             "its members (CLI: --data NAME --splits FILE)")
+        loaded = load_model(model_path, arch=arch, what="weights")
+        splits_path = Path(splits)
+        config = train_config or TrainConfig()
+    if not splits_path.is_file():
+        raise FileNotFoundError(f"splits: expected {splits_path} (written by `sparsemia train`)")
+    split = load_splits(splits_path)
+    dataset = load_dataset(data, data_root)
+    if split.num_examples not in (-1, len(dataset)):
+        raise ValueError(f"splits: {splits_path} was written for {split.num_examples} examples, {data!r} has "
+                         f"{len(dataset)}")
+    target, spec = loaded.model, loaded.spec
+    probe = predict_logits(target, dataset.features[:1])
+    if probe.shape[-1] != dataset.num_classes:
+        raise ValueError(f"model_path: the model has {probe.shape[-1]} outputs, dataset {data!r} has "
+                         f"{dataset.num_classes} classes")
+    splits = split
     x, y = dataset.features, dataset.labels
 
     candidates = splits.candidates
@@ -87,7 +128,7 @@ def attack_saved_model(
     inclusion = lira_inclusion(num_shadows, universe.size, pkeep=train_size / universe.size, seed=seed)
     u = torch.as_tensor(universe)
     shadows = train_shadow_models(
-        lambda: build_for(record["model"], dataset.num_classes, dataset.sample_shape),
+        spec.build,
         x[u], y[u], inclusion, config, num_classes=dataset.num_classes, seed=seed,
     )
     pop = torch.as_tensor(population_idx)
@@ -99,8 +140,8 @@ def attack_saved_model(
     # shadow records: every (shadow, universe example) pair, membership known to the attacker
     records = A.ShadowRecords.from_models(shadow_logits, labels, inclusion)
 
-    out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
+    scores: dict[str, np.ndarray] = {}
     for name in attacks:
         if name in A.METRIC_ATTACKS:
             res = A.metric_attack(name, cand_logits, labels[:n], records, num_classes=dataset.num_classes)
@@ -114,8 +155,11 @@ def attack_saved_model(
                          shadow_pop_logits, None, online=name == "rmia_online")
         metrics = attack_metrics(res.scores, is_member, predictions=res.predictions, labels=labels[:n],
                                  n_bootstrap=n_bootstrap, seed=seed)
-        save_scores(out / "scores" / f"{name}.npz", res.scores, is_member, candidates)
+        scores[name] = res.scores
         results[name] = metrics.to_dict()
-    (out / "metrics.json").write_text(json.dumps({"model": str(model_path), "num_shadows": num_shadows,
-                                                  "attacks": results}, indent=2))
+    # written only once every attack has run, metrics last: a metrics.json that exists has all its scores
+    for name, score in scores.items():
+        save_scores(out / "scores" / f"{name}.npz", score, is_member, candidates)
+    atomic_write(out / "metrics.json", json.dumps({"model": str(model_path), "num_shadows": num_shadows,
+                                                   "attacks": results}, indent=2))
     return results

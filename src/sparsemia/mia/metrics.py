@@ -19,13 +19,13 @@ with it on the saved scores. Definitions:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
+
+from sparsemia.io import atomic_write
 
 __all__ = [
     "AttackMetrics",
@@ -231,15 +231,7 @@ def save_scores(path: str | Path, score, is_member, index) -> Path:
     idx = np.asarray(index, dtype=np.int64).reshape(-1)
     if idx.shape != s.shape:
         raise ValueError(f"index: expected {s.size} dataset indices, got {idx.size}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, score=s, is_member=m, index=idx)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.savez(f, score=s, is_member=m, index=idx))
     return path
 
 

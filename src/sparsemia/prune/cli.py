@@ -3,24 +3,26 @@
 The command-line layer only parses options and prints; this module holds the
 logic so it can be tested and called without the CLI.
 
-A saved model is a whole module written with ``torch.save(model, path)``. The
-pruned model is written the same way, with masks made permanent (the zeros
-remain; :func:`sparsemia.prune.mask_zeros` fixes them again for further
-training) and, for ``structure="filter"``, physically shrunk.
+The input is a model file (:mod:`sparsemia.io`: safetensors plus its JSON
+sidecar, as ``sparsemia train`` writes), or weights trained elsewhere (a
+safetensors file or a ``.pt`` state_dict) with their zoo architecture named; no
+file is unpickled. The pruned model is written as a model file, with masks made
+permanent (the zeros remain; :func:`sparsemia.prune.mask_zeros` fixes them again
+for further training) and, for ``structure="filter"``, physically shrunk.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from sparsemia import io as _io
+from sparsemia.io import LoadedModel
 from sparsemia.prune.admm import admm
 from sparsemia.prune.filter import shrink
 from sparsemia.prune.finetune import make_optimizer, train_epochs
@@ -36,37 +38,15 @@ logger = logging.getLogger(__name__)
 METHODS = ("magnitude", "admm")
 
 
-def load_model(path: str | Path) -> nn.Module:
-    """A whole module saved with ``torch.save(model, path)`` (unpickles code: load only files you trust)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model_path: no file at {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), nn.Module):
-        obj = obj["model"]
-    if not isinstance(obj, nn.Module):
-        raise ValueError(
-            f"model_path: {path} holds a {type(obj).__name__}, not a model; save the whole module with torch.save(model, path)"
-        )
-    return obj
+def load_model(path: str | Path, arch: str | None = None) -> LoadedModel:
+    """The model at ``path``: a sparsemia model file, or weights of the zoo architecture ``arch``; never unpickled."""
+    return _io.load_model(path, arch=arch, what="model_path")
 
 
 def report_path(output_path: str | Path) -> Path:
     """Where the sparsity report of a pruned model written to ``output_path`` goes (``<name>.sparsity.json``)."""
     output_path = Path(output_path)
     return output_path.with_name(output_path.name + ".sparsity.json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _loader(data: str, data_root: str | Path | None, batch_size: int, seed: int) -> DataLoader:
@@ -103,13 +83,16 @@ def prune_saved_model(
     lr: float = 1e-3,
     batch_size: int = 128,
     seed: int = 0,
+    arch: str | None = None,
 ) -> SparsityReport:
     """Prune the model at ``model_path``, write it to ``output_path`` and its report beside it; returns the report.
 
     Args:
-        model_path: a model saved with ``torch.save(model, path)``.
-        output_path: where the pruned model goes; the report goes to
-            :func:`report_path` (JSON).
+        model_path: a model file (:func:`sparsemia.io.save_model`), or with
+            ``arch`` weights of that zoo architecture (safetensors or a ``.pt``
+            state_dict).
+        output_path: where the pruned model goes (a model file); the report
+            goes to :func:`report_path` (JSON).
         method: ``"magnitude"`` or ``"admm"``.
         sparsity, structure, scope, block, n, m: as in :func:`sparsemia.prune.magnitude`.
         schedule, steps: magnitude pruning schedule (``"one_shot"``, ``"iterative"``, ``"gradual"``).
@@ -121,6 +104,8 @@ def prune_saved_model(
             ADMM retraining epochs.
         rounds, rho: ADMM rounds and initial penalty.
         lr, batch_size, seed: optimisation settings (Adam).
+        arch: the architecture of weights without a sidecar (a
+            :data:`sparsemia.models.MODELS` name).
     """
     check_choice(method, METHODS, "method")
     check_choice(schedule, SCHEDULES, "schedule")
@@ -128,7 +113,11 @@ def prune_saved_model(
         raise ValueError("schedule: ADMM has its own rho schedule; use schedule='one_shot' with method='admm'")
     if data is None and (method == "admm" or schedule != "one_shot"):
         raise ValueError(f"data: method={method!r} with schedule={schedule!r} trains the model; name a dataset")
-    model = load_model(model_path)
+    output_path = Path(output_path)
+    _io.check_output_file(output_path, "output")
+    _io.check_output_file(report_path(output_path), "output")
+    loaded = load_model(model_path, arch)
+    model = loaded.model.train()
     exclude = first_and_last(model) if skip_first_last else None
     structure_args = dict(scope=scope, structure=structure, block=block, n=n, m=m, exclude=exclude)
     loader = _loader(data, data_root, batch_size, seed) if data is not None else None
@@ -149,7 +138,8 @@ def prune_saved_model(
     if structure == "filter":
         shrink(model)
     report = sparsity_report(model)
-    output_path = Path(output_path)
-    _atomic_write(output_path, lambda tmp: torch.save(model, tmp))
-    _atomic_write(report_path(output_path), lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=2)))
+    record = dict(loaded.record)
+    record["pruned"] = {"from": str(model_path), "method": method, "structure": structure, "sparsity": report.sparsity}
+    _io.save_model(output_path, model.eval(), loaded.spec, record=record)
+    _io.atomic_write(report_path(output_path), json.dumps(report.to_dict(), indent=2))
     return report

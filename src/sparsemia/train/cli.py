@@ -1,14 +1,15 @@
 """What ``sparsemia train`` does, as a function: split a dataset, train a target under a defense, save it.
 
-The output is ``<output>`` (the model, ``torch.save``), ``<output>.splits.json`` and
-``<output>.train.json`` (dataset, model, training config, defense, accuracies),
-everything ``sparsemia attack`` needs to attack the model with shadow models trained the same way.
+The output is ``<output>`` (the model's tensors, safetensors), ``<output>.json``
+(its architecture and the training record: dataset, training config, defense,
+accuracies; see :mod:`sparsemia.io`) and ``<output>.splits.json``: everything
+``sparsemia attack`` needs to attack the model with shadow models trained the same way.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 import torch
 
 from sparsemia.data import load_dataset, load_splits, make_splits
-from sparsemia.models import build
+from sparsemia.io import ModelSpec, check_output_file, save_model, sidecar_path
+from sparsemia.models import MODELS
 from sparsemia.train.defenses import build_defense
 from sparsemia.train.trainer import TrainConfig, evaluate
 
-__all__ = ["train_target", "build_for", "sidecar"]
+__all__ = ["train_target", "build_for", "spec_for", "sidecar"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,15 +32,19 @@ def sidecar(output: Path, kind: str) -> Path:
     return output.with_name(output.name + f".{kind}.json")
 
 
+def spec_for(model_name: str, num_classes: int, sample_shape: tuple[int, ...]) -> ModelSpec:
+    """The zoo architecture ``model_name`` sized for the data (input channels / features, classes)."""
+    key = model_name.lower().replace("-", "").replace("_", "")
+    if key not in MODELS:
+        raise ValueError(f"model: unknown name {model_name!r}; expected one of {sorted(MODELS)}")
+    if key == "mlp":
+        return ModelSpec(key, {"in_features": math.prod(sample_shape), "num_classes": num_classes})
+    return ModelSpec(key, {"num_classes": num_classes, "in_channels": int(sample_shape[0])})
+
+
 def build_for(model_name: str, num_classes: int, sample_shape: tuple[int, ...]) -> torch.nn.Module:
     """A model from the zoo sized for the data (input channels / features, classes)."""
-    key = model_name.lower().replace("-", "").replace("_", "")
-    if key == "mlp":
-        features = 1
-        for d in sample_shape:
-            features *= d
-        return build("mlp", in_features=features, num_classes=num_classes)
-    return build(model_name, num_classes=num_classes, in_channels=sample_shape[0])
+    return spec_for(model_name, num_classes, sample_shape).build()
 
 
 def train_target(
@@ -59,6 +65,9 @@ def train_target(
 ) -> dict[str, Any]:
     """Train a target model and write it with its splits and training record; returns the record."""
     config = config or TrainConfig()
+    check_output_file(output, "output")
+    for path in (sidecar_path(output), sidecar(output, "splits")):
+        check_output_file(path, "output")
     dataset = load_dataset(data, data_root, download=download)
     if splits is not None:
         split = load_splits(splits)
@@ -68,7 +77,8 @@ def train_target(
         split = make_splits(len(dataset), target_members=members, attacker_pool=pool, test=test,
                             defense_reference=reference, seed=config.seed)
     torch.manual_seed(config.seed)
-    net = build_for(model, dataset.num_classes, dataset.sample_shape)
+    spec = spec_for(model, dataset.num_classes, dataset.sample_shape)
+    net = spec.build()
     x, y = dataset.features, dataset.labels
     ref = None
     if split.defense_reference.size:
@@ -88,8 +98,7 @@ def train_target(
     if split.test.size:
         test_idx = torch.as_tensor(split.test)
         record["test_accuracy"] = evaluate(net, x[test_idx], y[test_idx])["accuracy"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net, output)
+    # splits first: a model file that exists always has its splits beside it
     split.save(sidecar(output, "splits"))
-    sidecar(output, "train").write_text(json.dumps(record, indent=2))
+    save_model(output, net, spec, record=record)
     return record

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -186,22 +185,13 @@ def _check_data(features: torch.Tensor, labels: torch.Tensor) -> None:
         raise ValueError(f"labels: expected int64 class indices, got {labels.dtype}")
 
 
-def _atomic_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, history: TrainHistory, epoch: int,
                      config: TrainConfig) -> None:
-    """Everything needed to resume after ``epoch`` finished epochs, written atomically."""
-    _atomic_save(
+    """Everything needed to resume after ``epoch`` finished epochs, written atomically (safetensors, no pickle)."""
+    from sparsemia.io import save_state
+
+    save_state(
+        path,
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -210,17 +200,23 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer, scheduler, history
             "epoch": epoch,
             "config": config.fingerprint(),
         },
-        path,
     )
 
 
-def _load_checkpoint(path: Path, config: TrainConfig) -> dict | None:
-    if not path.exists():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("config") != config.fingerprint():
+def _resume(path: Path | None, config: TrainConfig, model: nn.Module, optimizer, scheduler) -> tuple[TrainHistory, int]:
+    """Restore the checkpoint at ``path`` if there is one: (history, first epoch to run)."""
+    from sparsemia.io import load_state
+
+    if path is None or not path.exists():
+        return TrainHistory(), 0
+    state = load_state(path, what="checkpoint_path")
+    if not isinstance(state, dict) or state.get("config") != config.fingerprint():
         raise ValueError(f"checkpoint_path: {path} was written with a different training config")
-    return state
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    logger.info("resuming training from %s at epoch %d", path, state["epoch"])
+    return TrainHistory(**state["history"]), int(state["epoch"])
 
 
 def _check_outputs(outputs: torch.Tensor, num_classes: int | None) -> None:
@@ -251,20 +247,12 @@ def fit(
     """
     _check_data(features, labels)
     device = _device_of(model)
-    history = TrainHistory()
     with deterministic_mode(config.deterministic):
         torch.manual_seed(config.seed)
         optimizer = make_optimizer(model.parameters(), config)
         scheduler = make_scheduler(optimizer, config)
-        start = 0
         ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-        if ckpt is not None and (state := _load_checkpoint(ckpt, config)) is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history = TrainHistory(**state["history"])
-            start = state["epoch"]
-            logger.info("resuming training from %s at epoch %d", ckpt, start)
+        history, start = _resume(ckpt, config, model, optimizer, scheduler)
         n = features.shape[0]
         augment = config.augment and features.dim() == 4
         for epoch in range(start, config.epochs):
@@ -347,7 +335,6 @@ def fit_stacked(
     if len(per_model) != num_models:
         raise ValueError(f"subsets: expected {num_models} subsets (one per stacked model), got {len(per_model)}")
     device = _device_of(model)
-    history = TrainHistory()
     max_size = max(int(idx.numel()) for idx in per_model)
     steps = math.ceil(max_size / config.batch_size)
     batch = min(config.batch_size, max_size)
@@ -355,14 +342,8 @@ def fit_stacked(
         torch.manual_seed(config.seed)
         optimizer = make_optimizer(model.parameters(), config)
         scheduler = make_scheduler(optimizer, config)
-        start = 0
         ckpt = Path(checkpoint_path) if checkpoint_path is not None else None
-        if ckpt is not None and (state := _load_checkpoint(ckpt, config)) is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            history = TrainHistory(**state["history"])
-            start = state["epoch"]
+        history, start = _resume(ckpt, config, model, optimizer, scheduler)
         augment = config.augment and features.dim() == 4
         for epoch in range(start, config.epochs):
             generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
