@@ -164,9 +164,9 @@ class SparseWeight:
         return cls(
             "nm",
             shape,
-            vals.reshape(rows, -1).contiguous(),
+            vals.reshape(rows, n * (cols // m)).contiguous(),  # explicit sizes: -1 is ambiguous for an empty weight
             None,
-            offsets.reshape(rows, -1).to(torch.int8).contiguous(),
+            offsets.reshape(rows, n * (cols // m)).to(torch.int8).contiguous(),
             n=n,
             m=m,
             validate=False,

@@ -87,11 +87,33 @@ class ShadowRecords:
         return cls(logits[keep], lab[keep], inclusion[keep])
 
 
-def _check_target(target_logits, labels) -> tuple[np.ndarray, np.ndarray]:
+def _check_labels(labels, name: str = "labels") -> np.ndarray:
+    raw = np.asarray(labels)
+    if raw.dtype == bool or not (np.issubdtype(raw.dtype, np.integer) or np.issubdtype(raw.dtype, np.floating)):
+        raise TypeError(f"{name}: expected integer class indices, got dtype {raw.dtype}")
+    if np.issubdtype(raw.dtype, np.floating) and not (np.isfinite(raw).all() and (raw == np.round(raw)).all()):
+        raise ValueError(f"{name}: expected integer class indices, got non-integer values")
+    return raw.astype(np.int64).reshape(-1)
+
+
+def _finite(values, name: str) -> np.ndarray:
+    out = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{name}: contain NaN or infinite values")
+    return out
+
+
+def _check_target(target_logits, labels, name: str = "target_logits", labels_name: str = "labels"):
     z = np.asarray(target_logits, dtype=np.float64)
-    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    y = _check_labels(labels, labels_name)
     if z.ndim not in (2, 3) or z.shape[0] != y.size:
-        raise ValueError(f"target_logits: expected [N={y.size}, C] (or [N, Q, C]), got {z.shape}")
+        raise ValueError(f"{name}: expected [N={y.size}, C] (or [N, Q, C]), got {z.shape}")
+    if z.shape[-1] < 2:
+        raise ValueError(f"{name}: expected at least 2 classes, got {z.shape[-1]}")
+    if y.size and (y.min() < 0 or y.max() >= z.shape[-1]):
+        raise ValueError(f"{labels_name}: class indices must lie in 0..{z.shape[-1] - 1}, got {int(y.min())}..{int(y.max())}")
+    if not np.isfinite(z).all():
+        raise ValueError(f"{name}: contain NaN or infinite values")
     return z, y
 
 
@@ -291,7 +313,7 @@ def lira(
     """
     z, y = _check_target(target_logits, labels)
     _check_classes(z, num_classes)
-    sl = np.asarray(shadow_logits, dtype=np.float64)
+    sl = _finite(shadow_logits, "shadow_logits")
     inc = np.asarray(shadow_in).astype(bool)
     if sl.ndim != z.ndim + 1 or sl.shape[1:] != z.shape:
         raise ValueError(f"shadow_logits: expected [M, {', '.join(map(str, z.shape))}], got {sl.shape}")
@@ -499,10 +521,11 @@ def rmia(
         raise ValueError(f"offline_a: expected a value in [0, 1], got {offline_a}")
     if not 0.0 <= trim < 0.5:
         raise ValueError(f"trim: expected a proportion in [0, 0.5), got {trim}")
-    ref = np.asarray(reference_logits, dtype=np.float64)
+    ref = _finite(reference_logits, "reference_logits")
     ref_in = np.asarray(reference_in).astype(bool)
-    pz, py = _check_target(population_target_logits, population_labels)
-    pref = np.asarray(population_reference_logits, dtype=np.float64)
+    pz, py = _check_target(population_target_logits, population_labels, "population_target_logits",
+                           "population_labels")
+    pref = _finite(population_reference_logits, "population_reference_logits")
     if ref.shape[1:] != z.shape or ref_in.shape != ref.shape[:2]:
         raise ValueError(f"reference_logits / reference_in: expected [M, {z.shape[0]}, {z.shape[1]}] and [M, {z.shape[0]}]")
     if pref.shape[1:] != pz.shape or pref.shape[0] != ref.shape[0]:
