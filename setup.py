@@ -4,7 +4,9 @@ The CPU sources are always compiled. CUDA sources are added only when the
 installed torch was built with CUDA and nvcc is found, so a CPU-only machine
 always gets a working build. ISA-specific CPU kernels use per-function target
 attributes and are chosen at run time; nothing is compiled for the build
-machine's own CPU (no -march=native).
+machine's own CPU (no -march=native). SPARSEMIA_SKIP_EXTENSION=1 installs the
+Python package alone (ops then run on their plain-torch reference backend), for
+checks of the installed package that do not need the kernels.
 """
 
 import glob
@@ -26,6 +28,8 @@ def _aten_uses_openmp() -> bool:
 
 
 def _extensions():
+    if os.environ.get("SPARSEMIA_SKIP_EXTENSION", "0") == "1":
+        return []
     import torch
     from torch.utils import cpp_extension
 

@@ -118,6 +118,7 @@ def test_a_killed_run_resumes_to_the_same_results(finished, tmp_path):
 def test_other_config_is_refused_unless_forced(finished, tmp_path):
     out = tmp_path / "guard"
     RunDir(out).prepare({"experiment": TINY.to_dict(), "seeds": 1})
+    RunDir(out).write_json("targets/none.json", {"finished": True})  # the run finished something
     other = TINY.with_overrides(sparsity=0.8)
     with pytest.raises(ConfigMismatchError, match="different configuration"):
         run_experiment(other, out)
@@ -129,6 +130,21 @@ def test_other_config_is_refused_unless_forced(finished, tmp_path):
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(ConfigMismatchError, match="not empty"):
         run_experiment(TINY, foreign)
+
+
+def test_a_run_that_finished_nothing_does_not_block_its_directory(tmp_path):
+    out = tmp_path / "failed"
+    broken = TINY.with_overrides(dataset="purchase100", model="mlp", data_root=str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        run_experiment(broken, out)
+    assert not out.exists()  # created by the failed run, so removed with it
+    out.mkdir()
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        run_experiment(broken, out)
+    assert out.is_dir() and list(out.iterdir()) == []
+    RunDir(out).prepare({"experiment": broken.to_dict(), "seeds": 1})  # as left by an older, killed run
+    RunDir(out).prepare({"experiment": TINY.to_dict(), "seeds": 1})  # claimed by the corrected command
+    assert RunDir(out).read_json("config.json")["experiment"]["dataset"] == TINY.dataset
 
 
 def test_atomic_writes_leave_no_partial_file(tmp_path):
