@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 import stat
 
 import pytest
@@ -115,14 +116,18 @@ def test_unpickling_payloads_are_refused_by_every_loader(tmp_path):
     assert not marker.exists()
 
 
+_NOISE = bytes(random.Random(0).randrange(256) for _ in range(64))
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (os.urandom(64), "neither a safetensors file nor a torch .pt file"),
+        (_NOISE, "neither a safetensors file nor a torch .pt file"),
         (b"", "neither a safetensors file nor a torch .pt file"),
-        (b"PK\x03\x04" + os.urandom(40), "not a readable torch file"),
-        (b"\x80\x02" + os.urandom(40), "not a readable torch file"),
+        (b"PK\x03\x04" + _NOISE, "not a readable torch file"),
+        (b"\x80\x02" + _NOISE, "not a readable torch file"),
     ],
+    ids=["random", "empty", "zip-header", "pickle-header"],
 )
 def test_corrupted_files_name_the_file(tmp_path, content, message):
     path = tmp_path / "bad.pt"
