@@ -1,5 +1,6 @@
 // The Python module sparsemia._C: loading it registers the operators; the few
-// functions here are controls that are not operators (CPU ISA selection).
+// functions here are controls that are not operators (CPU ISA selection,
+// the conv tuning knobs).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
@@ -7,7 +8,8 @@
 #include <set>
 #include <thread>
 
-#include "cpu/spmm/kernels.h"
+#include "cpu/common/isa.h"
+#include "cpu/conv/plan.h"
 
 namespace {
 
@@ -46,6 +48,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("get_cpu_isa", &get_cpu_isa, "ISA the CPU kernels use now");
   m.def("best_cpu_isa", &best_cpu_isa, "Widest ISA this CPU supports");
   m.def("set_cpu_isa", &set_cpu_isa, "Force the CPU kernels' ISA: 'scalar', 'vec128', 'avx2' or 'avx512'");
+  m.def("reload_conv_tuning", &sparsemia::cpu::conv::reload_tuning,
+        "Read the SPARSEMIA_CONV_{BT,COLUMNS,L1,ROWS} tuning knobs from the environment again");
   m.def("with_cuda", &with_cuda, "Whether the CUDA kernels were compiled in");
   m.def("parallel_threads_used", &parallel_threads_used,
         "Threads one at::parallel_for of the compiled kernels runs on (torch.get_num_threads() when threading works)");

@@ -34,6 +34,21 @@ def isa(request):
     _C.set_cpu_isa(previous)
 
 
+@pytest.fixture
+def conv_tuning(monkeypatch):
+    """Sets the conv kernels' tuning knobs for one test: conv_tuning(COLUMNS="0") sets
+    SPARSEMIA_CONV_COLUMNS=0 and makes the extension read it; all are restored after."""
+
+    def set_knobs(**knobs: str) -> None:
+        for name, value in knobs.items():
+            monkeypatch.setenv(f"SPARSEMIA_CONV_{name}", value)
+        _C.reload_conv_tuning()
+
+    yield set_knobs
+    monkeypatch.undo()
+    _C.reload_conv_tuning()
+
+
 def random_pruned(rows: int, cols: int, sparsity: float, dtype=torch.float32, empty_rows: int = 0) -> torch.Tensor:
     """A dense matrix with about `sparsity` zeros and `empty_rows` all-zero rows."""
     dense = torch.randn(rows, cols, dtype=dtype)

@@ -9,8 +9,6 @@ import torch.nn.functional as F
 from sparsemia import SparseWeight
 from sparsemia.ops import select_backend, sparse_conv2d, sparse_conv2d_relu_pool
 
-pytest.importorskip("sparsemia._C")
-
 
 def pruned_kernel(cout, cin_g, kh, kw, sparsity, dtype=torch.float32, empty_channels=0):
     w = torch.randn(cout, cin_g, kh, kw, dtype=dtype)
@@ -45,10 +43,10 @@ SHAPES = [
 
 
 @pytest.fixture(params=["taps", "columns"])
-def entries(request, monkeypatch):
+def entries(request, conv_tuning):
     """Runs the test with single taps and with column groups (zero-filled where pruned)
     wherever the geometry allows them (stride and dilation 1 in height, 3- or 5-high kernels)."""
-    monkeypatch.setenv("SPARSEMIA_CONV_COLUMNS", "2" if request.param == "taps" else "0")
+    conv_tuning(COLUMNS="2" if request.param == "taps" else "0")
     return request.param
 
 
@@ -91,7 +89,7 @@ def test_dense_kernels_take_column_groups_by_default(isa, k):
         torch.testing.assert_close(y, F.conv2d(x, w, bias, padding=k // 2))
 
 
-def test_cached_plans_follow_the_weight_the_input_shape_and_the_settings(monkeypatch):
+def test_cached_plans_follow_the_weight_the_input_shape_and_the_settings(conv_tuning):
     # plans are cached per weight tensors; in-place changes, other shapes and other
     # settings must never reuse a stale one
     w = torch.randn(8, 4, 3, 3, dtype=torch.float64)  # dense: column groups, whose values the plan holds
@@ -116,7 +114,7 @@ def test_cached_plans_follow_the_weight_the_input_shape_and_the_settings(monkeyp
     values.mul_(-0.5)  # in place: the cached grouped values are stale
     torch.testing.assert_close(run(x), F.conv2d(x, dense(), padding=1))
     for setting in ("2", "0", "0.5"):
-        monkeypatch.setenv("SPARSEMIA_CONV_COLUMNS", setting)
+        conv_tuning(COLUMNS=setting)
         torch.testing.assert_close(run(x), F.conv2d(x, dense(), padding=1))
     with torch.inference_mode():  # inference tensors have no version: built every call
         v = values.clone()

@@ -15,7 +15,7 @@
 
 #include <cstdint>
 
-#include "cpu/spmm/kernels.h"  // Isa, active_isa()
+#include "cpu/common/isa.h"
 
 namespace sparsemia::cpu::conv {
 

@@ -9,16 +9,9 @@
 
 #include <cstdint>
 
+#include "cpu/common/isa.h"
+
 namespace sparsemia::cpu {
-
-// Ordered: a CPU that supports one level supports every lower one.
-enum class Isa : int { Scalar = 0, Vec128 = 1, Avx2 = 2, Avx512 = 3 };
-
-#if defined(__x86_64__) || defined(__i386__)
-#define SPARSEMIA_X86 1
-#else
-#define SPARSEMIA_X86 0
-#endif
 
 // Y[M, N] (+)= W[M, K] (CSR) x X[K, N]; X has unit column stride.
 template <typename T, typename I>
@@ -88,16 +81,6 @@ namespace avx512 {
 template <typename T, typename I>
 KernelTable<T, I> table();
 }
-
-// Widest ISA this CPU supports.
-Isa best_isa();
-// ISA the kernels use now: best_isa() unless lowered by set_isa() or the
-// SPARSEMIA_CPU_ISA environment variable (scalar | avx2 | avx512).
-Isa active_isa();
-// Force an ISA (for tests and benchmarks); asking for one the CPU lacks throws.
-void set_isa(Isa isa);
-const char* isa_name(Isa isa);
-Isa isa_from_name(const char* name);
 
 template <typename T, typename I>
 KernelTable<T, I> kernels_for(Isa isa) {

@@ -10,53 +10,14 @@
 #include <tuple>
 #include <vector>
 
+#include "cpu/common/checks.h"
+#include "cpu/common/parallel.h"
 #include "cpu/spmm/kernels.h"
 
 namespace sparsemia::cpu {
 namespace {
 
 using at::Tensor;
-
-void check_pattern(const Tensor& crow, const Tensor& col, const char* op) {
-  TORCH_CHECK(crow.dim() == 1 && col.dim() == 1, op, ": crow and col must be 1-D, got ", crow.dim(), "-D and ",
-              col.dim(), "-D");
-  TORCH_CHECK(crow.scalar_type() == col.scalar_type() &&
-                  (crow.scalar_type() == at::kInt || crow.scalar_type() == at::kLong),
-              op, ": crow and col must both be int32 or both int64, got ", crow.scalar_type(), " and ",
-              col.scalar_type());
-  TORCH_CHECK(crow.numel() >= 1, op, ": crow must have at least one element");
-  TORCH_CHECK(crow.device().is_cpu() && col.device().is_cpu(), op, ": crow and col must be CPU tensors");
-}
-
-void check_values(const Tensor& values, const Tensor& x, const char* op) {
-  TORCH_CHECK(values.scalar_type() == at::kFloat || values.scalar_type() == at::kDouble, op,
-              ": the CPU kernels take float32 or float64 values, got ", values.scalar_type());
-  TORCH_CHECK(x.scalar_type() == values.scalar_type(), op, ": x must have the weight's dtype ",
-              values.scalar_type(), ", got ", x.scalar_type());
-  TORCH_CHECK(values.device().is_cpu() && x.device().is_cpu(), op, ": values and x must be CPU tensors");
-}
-
-// Row boundaries splitting [0, rows) into `parts` ranges of about equal cost,
-// the cost of a row being its stored entries plus a fixed per-row overhead.
-template <typename I>
-std::vector<int64_t> balanced_rows(const I* crow, int64_t rows, int64_t parts, int64_t row_cost) {
-  std::vector<int64_t> bounds(parts + 1, rows);
-  bounds[0] = 0;
-  const auto cost = [&](int64_t i) { return int64_t(crow[i]) - int64_t(crow[0]) + row_cost * i; };
-  const int64_t total = cost(rows);
-  int64_t lo = 0;
-  for (int64_t t = 1; t < parts; ++t) {
-    const int64_t target = total * t / parts;
-    int64_t hi = rows;
-    int64_t l = lo;
-    while (l < hi) {
-      const int64_t mid = l + (hi - l) / 2;
-      if (cost(mid) < target) l = mid + 1; else hi = mid;
-    }
-    bounds[t] = lo = l;
-  }
-  return bounds;
-}
 
 // How many pieces to cut `work` (multiply-adds) into: one when the whole job
 // is too small to pay for waking the thread pool.
@@ -73,15 +34,10 @@ int64_t panel_width(int64_t K, int64_t N, size_t elem) {
   return std::min(w, std::max<int64_t>(N, 1));
 }
 
+// Runs f(t) for the parts t of [0, parts) on torch's threads (inline for one part).
 template <typename F>
 void run_parts(int64_t parts, const F& f) {
-  if (parts == 1) {
-    f(0);
-    return;
-  }
-  at::parallel_for(0, parts, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) f(t);
-  });
+  run_each(parts, parts > 1, f);
 }
 
 // X [K, N] as contiguous column panels: pack(n0, width) returns X[:, n0 : n0 + width]
@@ -96,44 +52,32 @@ PackFn panels_of_xt(const Tensor& x) {
   return [x](int64_t n0, int64_t w) { return x.narrow(0, n0, w).t().contiguous(); };
 }
 
+// Y = W X for W in CSR (values [nnz], R = C = 1) or BSR (values [nblocks, R, C]),
+// X given as column panels, Y element (i, n) at y[i * y_rs + n * y_cs].
 template <typename T, typename I>
-void csr_matmul(const Tensor& crow, const Tensor& col, const Tensor& values, const PackFn& pack, T* y, int64_t y_rs,
-                int64_t y_cs, const T* bias, int64_t N, int64_t K) {
-  const int64_t M = crow.numel() - 1;
-  if (M == 0 || N == 0) return;
+void matmul(const Tensor& crow, const Tensor& col, const Tensor& values, bool blocked, const PackFn& pack, T* y,
+            int64_t y_rs, int64_t y_cs, const T* bias, int64_t N, int64_t K) {
+  const int64_t rows = crow.numel() - 1;  // block rows for BSR
+  const int64_t R = blocked ? values.size(1) : 1, C = blocked ? values.size(2) : 1;
+  if (rows == 0 || N == 0) return;
   const I* crow_p = crow.data_ptr<I>();
   const auto kt = kernels_for<T, I>(active_isa());
-  const int64_t nnz = int64_t(crow_p[M]) - int64_t(crow_p[0]);
-  const int64_t parts = num_parts(M, (nnz + M) * N);
-  const auto bounds = balanced_rows<I>(crow_p, M, parts, 4);
+  const int64_t stored = int64_t(crow_p[rows]) - int64_t(crow_p[0]);
+  const int64_t parts = num_parts(rows, (stored * R * C + rows * R) * N);
+  const auto bounds = balanced_rows<I>(crow_p, rows, parts, std::max<int64_t>(1, 4 / (R * C)));
   const int64_t P = panel_width(K, N, sizeof(T));
   for (int64_t n0 = 0; n0 < N; n0 += P) {
     const int64_t w = std::min(N - n0, P);
     const Tensor panel = pack(n0, w);
-    CsrArgs<T, I> args{crow_p, col.data_ptr<I>(), values.data_ptr<T>(), panel.data_ptr<T>(), w, y + n0 * y_cs,
-                       y_rs, y_cs, bias};
-    run_parts(parts, [&](int64_t t) { kt.csr_rows(args, bounds[t], bounds[t + 1], 0, w); });
-  }
-}
-
-template <typename T, typename I>
-void bsr_matmul(const Tensor& crow, const Tensor& col, const Tensor& values, const PackFn& pack, T* y, int64_t y_rs,
-                int64_t y_cs, const T* bias, int64_t N, int64_t K) {
-  const int64_t nbr = crow.numel() - 1;
-  const int64_t R = values.size(1), C = values.size(2);
-  if (nbr == 0 || N == 0) return;
-  const I* crow_p = crow.data_ptr<I>();
-  const auto kt = kernels_for<T, I>(active_isa());
-  const int64_t nblocks = int64_t(crow_p[nbr]) - int64_t(crow_p[0]);
-  const int64_t parts = num_parts(nbr, (nblocks * R * C + nbr * R) * N);
-  const auto bounds = balanced_rows<I>(crow_p, nbr, parts, std::max<int64_t>(1, 4 / (R * C)));
-  const int64_t P = panel_width(K, N, sizeof(T));
-  for (int64_t n0 = 0; n0 < N; n0 += P) {
-    const int64_t w = std::min(N - n0, P);
-    const Tensor panel = pack(n0, w);
-    BsrArgs<T, I> args{crow_p, col.data_ptr<I>(), values.data_ptr<T>(), R, C, panel.data_ptr<T>(), w,
-                       y + n0 * y_cs, y_rs, y_cs, bias};
-    run_parts(parts, [&](int64_t t) { kt.bsr_rows(args, bounds[t], bounds[t + 1], 0, w); });
+    if (blocked) {
+      BsrArgs<T, I> args{crow_p, col.data_ptr<I>(), values.data_ptr<T>(), R, C, panel.data_ptr<T>(), w,
+                         y + n0 * y_cs, y_rs, y_cs, bias};
+      run_parts(parts, [&](int64_t t) { kt.bsr_rows(args, bounds[t], bounds[t + 1], 0, w); });
+    } else {
+      CsrArgs<T, I> args{crow_p, col.data_ptr<I>(), values.data_ptr<T>(), panel.data_ptr<T>(), w, y + n0 * y_cs,
+                         y_rs, y_cs, bias};
+      run_parts(parts, [&](int64_t t) { kt.csr_rows(args, bounds[t], bounds[t + 1], 0, w); });
+    }
   }
 }
 
@@ -148,49 +92,78 @@ void dispatch_types(const Tensor& values, const Tensor& index, const F& f) {
   });
 }
 
-void check_bias(const c10::optional<Tensor>& bias, const Tensor& values, int64_t M, const char* op) {
-  if (!bias) return;
-  TORCH_CHECK(bias->dim() == 1 && bias->size(0) == M, op, ": bias must have shape [", M, "], got ", bias->sizes());
-  TORCH_CHECK(bias->scalar_type() == values.scalar_type(), op, ": bias must have the weight's dtype ",
-              values.scalar_type(), ", got ", bias->scalar_type());
+void check_bsr_values(const Tensor& values, const Tensor& col, const char* op) {
+  TORCH_CHECK(values.dim() == 3 && values.size(0) == col.numel(), op,
+              ": values must be [nblocks, R, C] with one block per column index, got ", values.sizes());
+  TORCH_CHECK(values.size(1) >= 1 && values.size(2) >= 1 && values.size(1) <= 64, op,
+              ": the CPU kernels take blocks of 1 to 64 rows, got ", values.size(1));
 }
 
-// ---- CSR ----
+// The weight's checks shared by the spmm and linear ops; `features` is x's
+// dimension the weight contracts (K). Returns the weight's rows M.
+int64_t check_weight(const Tensor& crow, const Tensor& col, const Tensor& values, const Tensor& x, bool blocked,
+                     int64_t features, const char* op) {
+  check_pattern(crow, col, op);
+  check_values(values, x, op);
+  if (!blocked) {
+    TORCH_CHECK(values.dim() == 1 && values.numel() == col.numel(), op,
+                ": values must be 1-D with one entry per column index");
+    return crow.numel() - 1;
+  }
+  check_bsr_values(values, col, op);
+  TORCH_CHECK(features % values.size(2) == 0, op, ": x's ", features, " features must be a multiple of the block width ",
+              values.size(2));
+  return (crow.numel() - 1) * values.size(1);
+}
 
-Tensor csr_spmm(const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in, const Tensor& x_in) {
-  check_pattern(crow_in, col_in, "csr_spmm");
-  check_values(values_in, x_in, "csr_spmm");
-  TORCH_CHECK(x_in.dim() == 2, "csr_spmm: x must be 2-D [K, N], got ", x_in.dim(), "-D");
-  TORCH_CHECK(values_in.dim() == 1 && values_in.numel() == col_in.numel(),
-              "csr_spmm: values must be 1-D with one entry per column index");
+// y [M, N] = W x for x [K, N].
+Tensor spmm_op(const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in, const Tensor& x_in, bool blocked,
+               const char* op) {
+  TORCH_CHECK(x_in.dim() == 2, op, ": x must be 2-D [K, N], got ", x_in.dim(), "-D");
+  const int64_t M = check_weight(crow_in, col_in, values_in, x_in, blocked, x_in.size(0), op);
   const Tensor crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
-  const int64_t M = crow.numel() - 1, K = x_in.size(0), N = x_in.size(1);
+  const int64_t K = x_in.size(0), N = x_in.size(1);
   Tensor y = at::empty({M, N}, x_in.options());
   dispatch_types(values, crow, [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
-    csr_matmul<T, I>(crow, col, values, panels_of_x(x_in), y.data_ptr<T>(), N, 1, nullptr, N, K);
+    matmul<T, I>(crow, col, values, blocked, panels_of_x(x_in), y.data_ptr<T>(), N, 1, nullptr, N, K);
   });
   return y;
 }
 
-Tensor csr_linear(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in,
-                  const c10::optional<Tensor>& bias_in) {
-  check_pattern(crow_in, col_in, "csr_linear");
-  check_values(values_in, x_in, "csr_linear");
-  TORCH_CHECK(x_in.dim() == 2, "csr_linear: x must be 2-D [B, K], got ", x_in.dim(), "-D");
-  const int64_t M = crow_in.numel() - 1, B = x_in.size(0), K = x_in.size(1);
-  check_bias(bias_in, values_in, M, "csr_linear");
+// y [B, M] = x W^T + bias for x [B, K].
+Tensor linear_op(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in,
+                 const c10::optional<Tensor>& bias_in, bool blocked, const char* op) {
+  TORCH_CHECK(x_in.dim() == 2, op, ": x must be 2-D [B, K], got ", x_in.dim(), "-D");
+  const int64_t M = check_weight(crow_in, col_in, values_in, x_in, blocked, x_in.size(1), op);
+  check_bias(bias_in, values_in, M, op);
+  const int64_t B = x_in.size(0), K = x_in.size(1);
   const Tensor crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
   const Tensor bias = bias_in ? bias_in->contiguous() : Tensor();
   Tensor y = at::empty({B, M}, x_in.options());
   dispatch_types(values, crow, [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
-    csr_matmul<T, I>(crow, col, values, panels_of_xt(x_in), y.data_ptr<T>(), 1, M, bias.defined() ? bias.data_ptr<T>() : nullptr,
-                     B, K);
+    matmul<T, I>(crow, col, values, blocked, panels_of_xt(x_in), y.data_ptr<T>(), 1, M,
+                 bias.defined() ? bias.data_ptr<T>() : nullptr, B, K);
   });
   return y;
+}
+
+Tensor csr_spmm(const Tensor& crow, const Tensor& col, const Tensor& values, const Tensor& x) {
+  return spmm_op(crow, col, values, x, false, "csr_spmm");
+}
+Tensor bsr_spmm(const Tensor& crow, const Tensor& col, const Tensor& values, const Tensor& x) {
+  return spmm_op(crow, col, values, x, true, "bsr_spmm");
+}
+Tensor csr_linear(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values,
+                  const c10::optional<Tensor>& bias) {
+  return linear_op(x, crow, col, values, bias, false, "csr_linear");
+}
+Tensor bsr_linear(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values,
+                  const c10::optional<Tensor>& bias) {
+  return linear_op(x, crow, col, values, bias, true, "bsr_linear");
 }
 
 Tensor csr_sddmm(const Tensor& crow_in, const Tensor& col_in, const Tensor& a_in, const Tensor& b_in) {
@@ -249,55 +222,6 @@ std::tuple<Tensor, Tensor, Tensor> csr_transpose(const Tensor& crow_in, const Te
       }
   });
   return {crow_t, col_t, perm};
-}
-
-// ---- BSR ----
-
-void check_bsr_values(const Tensor& values, const Tensor& col, const char* op) {
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == col.numel(), op,
-              ": values must be [nblocks, R, C] with one block per column index, got ", values.sizes());
-  TORCH_CHECK(values.size(1) >= 1 && values.size(2) >= 1 && values.size(1) <= 64, op,
-              ": the CPU kernels take blocks of 1 to 64 rows, got ", values.size(1));
-}
-
-Tensor bsr_spmm(const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in, const Tensor& x_in) {
-  check_pattern(crow_in, col_in, "bsr_spmm");
-  check_values(values_in, x_in, "bsr_spmm");
-  check_bsr_values(values_in, col_in, "bsr_spmm");
-  TORCH_CHECK(x_in.dim() == 2, "bsr_spmm: x must be 2-D [K, N], got ", x_in.dim(), "-D");
-  const int64_t R = values_in.size(1), C = values_in.size(2);
-  TORCH_CHECK(x_in.size(0) % C == 0, "bsr_spmm: x's rows (", x_in.size(0), ") must be a multiple of the block width ", C);
-  const Tensor crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
-  const int64_t M = (crow.numel() - 1) * R, K = x_in.size(0), N = x_in.size(1);
-  Tensor y = at::empty({M, N}, x_in.options());
-  dispatch_types(values, crow, [&](auto t, auto i) {
-    using T = decltype(t);
-    using I = decltype(i);
-    bsr_matmul<T, I>(crow, col, values, panels_of_x(x_in), y.data_ptr<T>(), N, 1, nullptr, N, K);
-  });
-  return y;
-}
-
-Tensor bsr_linear(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in,
-                  const c10::optional<Tensor>& bias_in) {
-  check_pattern(crow_in, col_in, "bsr_linear");
-  check_values(values_in, x_in, "bsr_linear");
-  check_bsr_values(values_in, col_in, "bsr_linear");
-  TORCH_CHECK(x_in.dim() == 2, "bsr_linear: x must be 2-D [B, K], got ", x_in.dim(), "-D");
-  const int64_t R = values_in.size(1), C = values_in.size(2);
-  const int64_t M = (crow_in.numel() - 1) * R, B = x_in.size(0), K = x_in.size(1);
-  TORCH_CHECK(K % C == 0, "bsr_linear: x's features (", K, ") must be a multiple of the block width ", C);
-  check_bias(bias_in, values_in, M, "bsr_linear");
-  const Tensor crow = crow_in.contiguous(), col = col_in.contiguous(), values = values_in.contiguous();
-  const Tensor bias = bias_in ? bias_in->contiguous() : Tensor();
-  Tensor y = at::empty({B, M}, x_in.options());
-  dispatch_types(values, crow, [&](auto t, auto i) {
-    using T = decltype(t);
-    using I = decltype(i);
-    bsr_matmul<T, I>(crow, col, values, panels_of_xt(x_in), y.data_ptr<T>(), 1, M, bias.defined() ? bias.data_ptr<T>() : nullptr,
-                     B, K);
-  });
-  return y;
 }
 
 Tensor bsr_sddmm(const Tensor& crow_in, const Tensor& col_in, const Tensor& a_in, const Tensor& b_in, int64_t R,

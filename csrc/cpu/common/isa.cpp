@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "cpu/spmm/kernels.h"
+#include "cpu/common/isa.h"
 
 namespace sparsemia::cpu {
 namespace {
