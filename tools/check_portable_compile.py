@@ -53,14 +53,15 @@ def main(argv: list[str] | None = None) -> int:
         print("ziglang is not installed (pip install ziglang)")
         return 2
     kernels = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*", "kernels_*.cpp")))
-    kernels.append(os.path.join(ROOT, "csrc", "cpu", "isa.cpp"))
+    kernels.append(os.path.join(ROOT, "csrc", "cpu", "common", "isa.cpp"))
     jobs = [(t, k, False) for t in args.targets.split(",") for k in kernels]
     torch_includes: list[str] = []
     if not args.no_wrappers:
         from torch.utils.cpp_extension import include_paths
 
         torch_includes = [f"-I{p}" for p in include_paths()] + ["-I", sysconfig.get_paths()["include"]]
-        wrappers = sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*", "*_cpu.cpp")))
+        wrappers = sorted(p for p in glob.glob(os.path.join(ROOT, "csrc", "cpu", "*", "*.cpp"))
+                          if p not in kernels)
         wrappers += [os.path.join(ROOT, "csrc", "ops.cpp"), os.path.join(ROOT, "csrc", "module.cpp")]
         jobs += [("aarch64-linux-gnu", w, True) for w in wrappers]
     failed = 0
