@@ -1,7 +1,7 @@
 """How much one target model understates the spread of membership-inference metrics, and how intervals fall with K.
 
-Trains K models (an MLP on scikit-learn's digits, stacked) on LiRA's random halves of one
-candidate universe, evaluates the population (every model a target once, the others its
+Trains K models (stacked: an MLP on scikit-learn's digits, or LeNet-5 on the embedded MNIST
+subset as ``sparsemia reproduce`` trains it) on LiRA's random halves of one candidate universe, evaluates the population (every model a target once, the others its
 references) and prints, per attack:
 
 * the spread of TPR at 1% FPR (and AUC) **between targets** — the standard deviation of the
@@ -16,7 +16,7 @@ references) and prints, per attack:
 These are statistics, not timings; the run takes a minute or two on two cores.
 
     python benchmarks/bench_population.py                  # K = 32, 1000 candidates
-    python benchmarks/bench_population.py --models 16 --candidates 600 --epochs 40
+    python benchmarks/bench_population.py --dataset mnist-embedded --models 16 --epochs 40
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from sparsemia import mia
 from sparsemia.data import load_dataset
 from sparsemia.mia.metrics import PooledROC, bootstrap_draws
-from sparsemia.models import MLP
+from sparsemia.models import MLP, LeNet5
 from sparsemia.train import TrainConfig
 
 ATTACKS = ["loss", "lira_online", "lira_offline", "rmia_online"]
@@ -45,6 +45,7 @@ def candidate_bootstrap_sd(scores: np.ndarray, member: np.ndarray, metric: str, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("digits", "mnist-embedded"), default="digits")
     parser.add_argument("--models", type=int, default=32)
     parser.add_argument("--candidates", type=int, default=1000)
     parser.add_argument("--epochs", type=int, default=60)
@@ -53,8 +54,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    data = load_dataset("digits")
-    x = data.features.reshape(len(data), -1)
+    data = load_dataset(args.dataset)
+    if args.dataset == "digits":
+        x = data.features.reshape(len(data), -1)
+        model_fn, lr, name = (lambda: MLP(64, 10, hidden=(128,))), 3e-3, "MLPs on digits"
+    else:
+        x = data.features
+        model_fn, lr, name = LeNet5, 1e-3, "LeNet-5s on embedded MNIST"
     order = np.random.default_rng(args.seed).permutation(len(data))[: args.candidates]
     if args.models % 8:
         parser.error("--models: expected a multiple of 8")
@@ -63,14 +69,13 @@ def main() -> None:
     inclusion = np.concatenate(
         [mia.lira_inclusion(8, order.size, 0.5, seed=args.seed * 1000 + b) for b in range(args.models // 8)]
     )
-    config = TrainConfig(epochs=args.epochs, batch_size=32, optimizer="adam", lr=3e-3, seed=args.seed)
-    models = mia.train_shadow_models(lambda: MLP(64, 10, hidden=(128,)), x[order], data.labels[order], inclusion,
-                                     config, seed=args.seed)
+    config = TrainConfig(epochs=args.epochs, batch_size=32, optimizer="adam", lr=lr, seed=args.seed)
+    models = mia.train_shadow_models(model_fn, x[order], data.labels[order], inclusion, config, seed=args.seed)
     logits = mia.score_models(models, x[order])  # [K, N, C]
     labels = data.labels[order].numpy()
     train_acc = float((logits.argmax(-1) == labels)[inclusion].mean())
     held_out_acc = float((logits.argmax(-1) == labels)[~inclusion].mean())
-    print(f"{args.models} MLPs on digits, {order.size} candidates, {args.epochs} epochs: "
+    print(f"{args.models} {name}, {order.size} candidates, {args.epochs} epochs: "
           f"train accuracy {train_acc:.3f}, held-out {held_out_acc:.3f}")
 
     result = mia.evaluate_population(logits, labels, inclusion, ATTACKS, seed=args.seed, n_bootstrap=args.bootstrap)

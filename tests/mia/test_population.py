@@ -168,6 +168,10 @@ def test_validation_errors_name_the_argument():
         (dict(attacks=["margin"]), "attacks"),
         (dict(attacks=[]), "attacks"),
         (dict(references_per_side=50), "references_per_side"),
+        (dict(references_per_side=1), "references_per_side"),
+        (dict(equalize=False, references_per_side=2), "references_per_side"),
+        (dict(logits=logits.astype(np.int64)), "logits"),
+        (dict(rmia_gamma=0.0), "rmia_gamma"),
     ]
     for change, name in cases:
         kwargs = dict(logits=logits, labels=labels, inclusion=inclusion, attacks=["loss"])

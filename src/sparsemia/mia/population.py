@@ -11,8 +11,8 @@ resample targets and candidates (:func:`sparsemia.mia.metrics.population_metrics
 member of target t has one IN reference fewer (and one OUT more) than a non-member: the
 reference counts carry the answer. Scores that depend on those counts are biased even
 when outputs carry no membership signal at all — a Gaussian fitted to fewer samples
-assigns lower likelihood to a fresh one, so LiRA online scores members *lower* (AUC about
-0.485 with 16 models on data no model trained on). Here each (target, candidate) pair
+assigns lower likelihood to a fresh one, so LiRA online scores members *lower* (AUC 0.47–0.485
+with 16 models when outputs carry no membership signal). Here each (target, candidate) pair
 instead gets exactly ``r`` IN and ``r`` OUT reference models, drawn at random (from
 ``seed``) among the other models, with ``r`` the same for every pair. The references' count
 and composition are then independent of the target's membership, so when outputs are
@@ -28,7 +28,14 @@ its classifier's 0.5. LiRA and RMIA have no threshold of their own; for target t
 other model c(t) (drawn from ``seed``) is attacked like a target with references drawn
 among the models other than t and c(t), and the threshold of best balanced accuracy on
 c(t) — whose membership the attacker knows — is used on t. The same attack on c(t) tunes
-offline RMIA's ``a``, as the RMIA paper does (below).
+offline RMIA's ``a``, as the RMIA paper tunes it by attacking one reference model.
+
+**Choices per attack** (formulas and references in :mod:`sparsemia.mia.attacks`): metric and
+shadow-model attacks use the plain query; LiRA (:func:`~sparsemia.mia.attacks.lira_scores`) fits
+per-query Gaussians to the r IN / r OUT references and averages over queries; RMIA
+(:func:`~sparsemia.mia.attacks.rmia_ratio`, :func:`~sparsemia.mia.attacks.rmia_scores`) uses the
+2r references online, the r OUT ones offline, and as population z the target's own candidates
+(or outside data, ``population_logits``).
 """
 
 from __future__ import annotations
@@ -413,6 +420,8 @@ def evaluate_population(
         if references_per_side is not None:
             raise ValueError("references_per_side: only meaningful with equalize=True")
         per_side = None
+    if references_per_side is not None and references_per_side < 2:
+        raise ValueError(f"references_per_side: expected at least 2 (a variance is estimated), got {references_per_side}")
     if (available if per_side is None else per_side) < 2:
         raise ValueError(
             f"inclusion: every (target, candidate) pair needs at least 2 IN and 2 OUT reference models among the "
@@ -420,6 +429,7 @@ def evaluate_population(
             f"models (at least 8 on exact halves) or a pkeep nearer 0.5"
         )
 
+    logger.debug("population of %d models, %d candidates, %d queries: %s references per side", k, n, q, per_side)
     pop_z = pop_y = None
     if population_logits is not None or population_labels is not None:
         if population_logits is None or population_labels is None:
