@@ -38,9 +38,11 @@ def pruned(build, sparsity: float = 0.9, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize(("batch", "measure"), [(1, False), (3, False), (2, True)],
-                         ids=["batch1-all-sparse", "batch3-all-sparse", "batch2-measured"])
-@pytest.mark.parametrize("name", list(ZOO))
+@pytest.mark.parametrize(
+    ("name", "batch", "measure"),
+    [(name, 1, False) for name in ZOO]
+    + [("vgg16", 3, False), ("mobilenetv2", 3, False), ("lenet5", 2, True), ("resnet18", 2, True)],
+)
 def test_zoo_models_match_eager(name, batch, measure):
     build, shape = ZOO[name]
     model = pruned(build)
@@ -109,9 +111,24 @@ def test_untraceable_model_falls_back_to_sparsify():
     assert rel_err(compiled(x), model(x).detach()) <= 1e-5
 
 
+def small_bn_model() -> nn.Module:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(16 * 8 * 8, 10))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    sm.prune.magnitude(model, sparsity=0.8, scope="global")
+    sm.prune.remove(model)
+    return model.eval()
+
+
 def test_batchnorm_folded_in_eval_only():
-    model = pruned(models.VGG16)
-    x = torch.randn(4, 3, 32, 32)
+    model = small_bn_model()
+    x = torch.randn(4, 3, 16, 16)
     model.train()
     compiled_train = sm.compile(model, example_input=x)
     assert not any(layer.batchnorm_folded for layer in compiled_train.layers)
@@ -128,9 +145,9 @@ def test_batchnorm_folded_in_eval_only():
 
 
 def test_model_is_not_modified():
-    model = pruned(models.ResNet18)
+    model = small_bn_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    sm.compile(model, example_input=torch.randn(1, 3, 32, 32))
+    sm.compile(model, example_input=torch.randn(1, 3, 16, 16))
     after = model.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -171,6 +188,19 @@ def test_strided_1x1_and_depthwise_layers_run_sparse():
     assert [layer.epilogue for layer in compiled.layers] == ["relu6", "relu", ""]
     assert all(layer.choice == "sparse" for layer in compiled.layers)
     assert rel_err(compiled(x), model(x).detach()) <= 1e-5
+
+
+def test_thread_count_restored_and_inference_mode():
+    model = small_bn_model()
+    x = torch.randn(2, 3, 16, 16)
+    threads = torch.get_num_threads()
+    with torch.inference_mode():  # the kernels' tensors are still made as normal tensors
+        compiled = sm.compile(model, example_input=x)
+        y = compiled(x)
+    assert torch.get_num_threads() == threads
+    assert all(1 <= layer.threads <= threads for layer in compiled.layers)
+    assert all(not t.is_inference() for t in vars(compiled.graph_module).values() if isinstance(t, torch.Tensor))
+    assert rel_err(y, model(x).detach()) <= 1e-5
 
 
 def test_bad_arguments():

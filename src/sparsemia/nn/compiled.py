@@ -52,7 +52,8 @@ class LayerChoice:
     """How one convolution / linear layer of a compiled model runs.
 
     ``times`` holds the measured seconds per call of each candidate on the layer's input
-    from ``example_input`` (the epilogue included); ``choice`` is the fastest.
+    from ``example_input`` (the epilogue included), keyed ``"<candidate>/<threads>t"``;
+    ``choice`` and ``threads`` are the fastest's.
     """
 
     name: str
@@ -61,6 +62,7 @@ class LayerChoice:
     epilogue: str  # "", "relu", "relu+maxpool2", "relu6", ...
     batchnorm_folded: bool
     choice: str = ""
+    threads: int = 1
     times: dict[str, float] = field(default_factory=dict)
 
 
@@ -82,12 +84,19 @@ class CompiledModel(nn.Module):
         self.reason = reason
         self._run = graph_module.forward
         self._folded = any(layer.batchnorm_folded for layer in layers)
+        self._threads = torch.get_num_threads()  # compile time's, which compile leaves in place
+        self._switches = any(layer.threads != self._threads for layer in layers)
         self.training = graph_module.training
 
     def forward(self, *args, **kwargs):
         # Lowered layers call kernels without autograd formulas (the fused epilogues have none).
         with torch.no_grad():
-            return self._run(*args, **kwargs)
+            if not self._switches:
+                return self._run(*args, **kwargs)
+            try:
+                return self._run(*args, **kwargs)
+            finally:  # the layers set their own thread counts; leave the compile-time one
+                torch.set_num_threads(self._threads)
 
     def train(self, mode: bool = True) -> CompiledModel:
         if mode and self._folded:
@@ -104,7 +113,9 @@ class CompiledModel(nn.Module):
         sparse = sum(layer.choice == "sparse" for layer in self.layers)
         folded = sum(layer.batchnorm_folded for layer in self.layers)
         fused = sum(bool(layer.epilogue) for layer in self.layers)
-        return f"{sparse}/{len(self.layers)} layers sparse, {folded} BatchNorm folded, {fused} epilogues fused"
+        serial = sum(layer.threads == 1 for layer in self.layers) if self._threads > 1 else 0
+        return (f"{sparse}/{len(self.layers)} layers sparse, {folded} BatchNorm folded, {fused} epilogues fused"
+                + (f", {serial} single-threaded" if serial else ""))
 
 
 # --------------------------------------------------------------------------
@@ -260,8 +271,25 @@ def _csr_linear(x, crow, col, values, bias):
     return y.reshape(*x.shape[:-1], y.shape[-1])
 
 
-def _best_seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, budget: float = 0.02) -> float:
-    """Fastest of a few timed calls of ``fn(x)`` (each a loop of calls lasting about ``budget`` / 5)."""
+def _set_threads(x: torch.Tensor, threads: int) -> torch.Tensor:
+    # x passes through so the call keeps its place in the graph (a node without users is dead code)
+    torch.set_num_threads(threads)
+    return x
+
+
+def _best_seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int,
+                  budget: float = 0.02) -> float:
+    """Fastest of a few timed calls of ``fn(x)`` on ``threads`` threads (each a loop of calls lasting
+    about ``budget`` / 5)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _time_calls(fn, x, budget)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_calls(fn, x, budget: float) -> float:
     start = time.perf_counter()
     fn(x)
     once = max(time.perf_counter() - start, 1e-7)
@@ -413,6 +441,11 @@ def compile(
     if any(t.device.type != "cpu" for t in inputs):
         raise ValueError("example_input: compile targets the CPU; got a tensor on " +
                          next(str(t.device) for t in inputs if t.device.type != "cpu"))
+    with torch.inference_mode(False):  # inference tensors would make the kernels re-plan every call
+        return _compile(model, inputs, fold_batchnorm, measure)
+
+
+def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: bool) -> CompiledModel:
     if any(isinstance(m, SparseWeightModule) for m in model.modules()):
         model = densify(model)  # the pattern is re-read from the zeros
     else:
@@ -430,8 +463,7 @@ def compile(
         # Keep the layers as modules so training mode (and autograd) behaves as in the model.
         return CompiledModel(sparsify(model), [], lowered=False, reason="model in training mode")
     captured = _layer_inputs(gm, layers, inputs)
-    with torch.inference_mode(False):  # inference tensors would make the kernels re-plan every call
-        choices = _lower(gm, layers, captured, measure)
+    choices = _lower(gm, layers, captured, measure)
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
@@ -442,7 +474,14 @@ def compile(
 
 def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.Tensor],
            measure: bool) -> list[LayerChoice]:
-    """Rewrite each layer's nodes as the chosen candidate's calls; the choices made."""
+    """Rewrite each layer's nodes as the chosen candidate's calls; the choices made.
+
+    Each candidate is timed on the compile-time thread count and on one thread: a parallel region
+    costs a wake-up of every thread (on a busy machine, a wait for a time slice), which small
+    layers do not pay back. The graph sets the count before each layer that wants another one."""
+    threads = torch.get_num_threads()
+    counts = [threads, 1] if threads > 1 else [1]
+    current = threads
     choices = []
     for index, layer in enumerate(layers):
         weight = layer.module.weight
@@ -451,6 +490,7 @@ def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.T
                              kept / max(weight.numel(), 1), layer.epilogue, layer.folded)
         candidates = _candidates(layer)
         x = captured.get(layer.name)
+        choice.threads = threads
         if x is None:  # the layer never ran on the example: the cost model's choice
             choice.choice = "sparse" if "sparse" in candidates else "dense"
         elif measure and len(candidates) > 1:
@@ -463,10 +503,16 @@ def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.T
                         logger.debug("compile: %s candidate %s disagrees (%.1e); dropped", layer.name, name, err)
                         del candidates[name]
                         continue
-                    choice.times[name] = _best_seconds(fn, x)
-            choice.choice = min(choice.times, key=choice.times.get)
+                    for n in counts:
+                        choice.times[f"{name}/{n}t"] = _best_seconds(fn, x, n)
+            best = min(choice.times, key=choice.times.get)
+            choice.choice, choice.threads = best.split("/")[0], int(best.split("/")[1][:-1])
         else:
             choice.choice = "sparse" if "sparse" in candidates else "dense"
-        _rewrite(gm, layer, candidates[choice.choice].steps, index)
+        steps = candidates[choice.choice].steps
+        if choice.threads != current:
+            steps = [(_set_threads, (choice.threads,)), *steps]
+            current = choice.threads
+        _rewrite(gm, layer, steps, index)
         choices.append(choice)
     return choices
