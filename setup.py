@@ -81,6 +81,8 @@ def _extensions():
 
 
 def _cmdclass():
+    if os.environ.get("SPARSEMIA_SKIP_EXTENSION", "0") == "1":
+        return {}
     from torch.utils import cpp_extension
 
     return {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}

@@ -60,6 +60,8 @@ def files(tmp_path):
         (["prune", "{tmp}/random.pt", "--model-arch", "lenet5", "-o", "{tmp}/p.safetensors"],
          "model_path: {tmp}/random.pt is neither a safetensors file"),
         (["prune", "{tmp}/missing.safetensors", "-o", "{tmp}/p.safetensors"], "model_path: no file at"),
+        (["bench", "--quick", "--json", "{tmp}"], "--json: {tmp} is a directory, expected a file path"),
+        (["bench", "--quick", "--sizes", "abc"], "--sizes: expected comma-separated int values"),
         (["reproduce", "--preset", "cifar10-vgg16", "--data-root", "{tmp}/nowhere", "--out", "{tmp}/c"],
          "--data-root: {tmp}/nowhere does not exist"),
     ],

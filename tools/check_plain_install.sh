@@ -28,6 +28,9 @@ if [ -x "$dev_python" ] && torch_site=$("$dev_python" -c \
   for extra in torchgen functorch; do
     if [ -e "$torch_site/$extra" ]; then cp -al "$torch_site/$extra" "$site"/; fi
   done
+  "$venv/bin/python" -c 'import importlib.metadata as m
+print("\n".join(r for r in m.requires("torch") or [] if "extra ==" not in r))' > "$work/torch-requirements.txt"
+  pip install -r "$work/torch-requirements.txt"  # what torch itself declares (pip does not add them for a linked torch)
   echo "plain install: torch $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))') linked from $torch_site"
 else
   pip install "torch==${SPARSEMIA_TORCH_VERSION:-2.13.0}"

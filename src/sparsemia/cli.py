@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from sparsemia.io import check_output_dir
+from sparsemia.io import atomic_write, check_output_dir, check_output_file
 
 app = typer.Typer(
     name="sparsemia",
@@ -160,6 +160,8 @@ def bench(
         opts["sparsities"] = "0.9,0.95"
     if opts["quick"] and ctx.get_parameter_source("repeat").name == "DEFAULT":
         opts["repeat"] = 5
+    if opts["json_out"]:
+        check_output_file(Path(opts["json_out"]), "--json")
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
     size_list = _parse_list(opts["sizes"], int, "--sizes")
@@ -184,7 +186,7 @@ def bench(
             )
     console.print(table)
     if opts["json_out"]:
-        Path(opts["json_out"]).write_text(json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=2))
+        atomic_write(Path(opts["json_out"]), json.dumps({"rows": rows, "threads": torch.get_num_threads()}, indent=2))
 
 
 @app.command()

@@ -147,6 +147,16 @@ def test_a_run_that_finished_nothing_does_not_block_its_directory(tmp_path):
     assert RunDir(out).read_json("config.json")["experiment"]["dataset"] == TINY.dataset
 
 
+def test_cuda_device_without_cuda_is_refused_before_any_work(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible")
+    with pytest.raises(ValueError, match=r"^device: 'cuda' asked for, but"):
+        run_experiment(TINY.with_overrides(device="cuda"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_atomic_writes_leave_no_partial_file(tmp_path):
     run = RunDir(tmp_path)
 

@@ -522,6 +522,9 @@ def run_experiment(
         raise ValueError(f"seeds: expected a positive integer, got {seeds}")
     if executor not in ("local", "ray"):
         raise ValueError(f"executor: expected 'local' or 'ray', got {executor!r}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        why = "this torch is built without CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+        raise ValueError(f"device: {config.device!r} asked for, but {why} (torch {torch.__version__})")
     progress = progress or _noop
     run = RunDir(out)
     created = not run.root.exists()
