@@ -195,3 +195,28 @@ def test_atomic_write_respects_umask_and_leaves_nothing_on_failure(tmp_path):
     assert path.read_text() == "{}" and sorted(p.name for p in path.parent.iterdir()) == ["f.json"]
     with pytest.raises(IsADirectoryError, match="is a directory"):
         atomic_write(tmp_path / "a", b"x")
+
+
+def test_corrupted_scores_run_files_and_splits_name_the_file(tmp_path):
+    import numpy as np
+
+    from sparsemia.data import load_splits
+    from sparsemia.experiments.rundir import RunDir
+    from sparsemia.mia import load_scores, save_scores
+
+    scores = save_scores(tmp_path / "s.npz", np.array([0.1, 0.9]), np.array([False, True]), np.array([3, 4]))
+    assert [a.tolist() for a in load_scores(scores)] == [[0.1, 0.9], [False, True], [3, 4]]
+    scores.write_bytes(scores.read_bytes()[:40])
+    with pytest.raises(ValueError, match=rf"^path: {scores} is not a readable \.npz file \(truncated or corrupted\?\)"):
+        load_scores(scores)
+    run = RunDir(tmp_path / "run")
+    run.save_npz("shadows/t.npz", logits=np.zeros((2, 3)))
+    run.path("shadows/t.npz").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ValueError, match=r"shadows/t\.npz is not a readable \.npz file"):
+        run.load_npz("shadows/t.npz")
+    run.path("a.json").write_text('{"auc": 0.5')
+    with pytest.raises(ValueError, match=r"a\.json is not valid JSON \(truncated or corrupted\?\)"):
+        run.read_json("a.json")
+    (tmp_path / "splits.json").write_text("[1, 2")
+    with pytest.raises(ValueError, match=r"^splits: .*splits\.json is not valid JSON"):
+        load_splits(tmp_path / "splits.json")

@@ -52,6 +52,8 @@ __all__ = [
     "CONVERT_HINT",
     "check_output_file",
     "check_output_dir",
+    "read_json",
+    "read_npz",
 ]
 
 logger = logging.getLogger(__name__)
@@ -152,6 +154,34 @@ def _check_parent(parent: Path, what: str) -> None:
         raise NotADirectoryError(f"{what}: {existing} is a file, so nothing can be written under it")
     if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
         raise PermissionError(f"{what}: directory {existing} is not writable")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """The JSON document at ``path``; a missing, unreadable or corrupted file is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{what}: {path} is not valid JSON (truncated or corrupted?): {_first_line(exc)}") from None
+
+
+def read_npz(path: str | Path, what: str) -> dict[str, Any]:
+    """The arrays of the ``.npz`` file at ``path`` (no pickled objects); errors name the file."""
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, KeyError) as exc:
+        raise ValueError(f"{what}: {path} is not a readable .npz file (truncated or corrupted?): "
+                         f"{_first_line(exc)}") from None
 
 
 # ----------------------------------------------------------------------------

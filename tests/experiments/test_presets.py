@@ -17,9 +17,11 @@ from tests.data.formats import (
 )
 
 ATTACKS = ("loss", "lira_offline", "rmia_offline")
-TINY = dict(target_members=24, target_non_members=24, defense_reference=0, test_size=24, attacker_reference=0,
-            defenses=("none",), attacks=ATTACKS, num_shadows=4, shadows_per_task=4, epochs=1, batch_size=24,
-            n_bootstrap=0, speed_batch=2, augment=False)
+# A few examples of each split: the CIFAR models (VGG-16, ResNet-18) cost about a second per image per step
+# on one busy core, and the point is that every stage runs on the real formats, not what it learns.
+TINY = dict(target_members=10, target_non_members=10, defense_reference=0, test_size=10, attacker_reference=0,
+            defenses=("none",), attacks=ATTACKS, num_shadows=4, shadows_per_task=4, epochs=1, batch_size=10,
+            n_bootstrap=0, speed_batch=1, augment=False)
 
 
 @pytest.fixture(autouse=True)
@@ -33,9 +35,9 @@ def _one_thread():
 @pytest.mark.parametrize(
     ("name", "write"),
     [
-        ("cifar10-vgg16", lambda root: write_cifar_python(root, classes=10, per_batch=40)),
-        ("cifar10-resnet18", lambda root: write_cifar_binary(root, classes=10, per_batch=40)),
-        ("cifar100-resnet18", lambda root: write_cifar_python(root, classes=100, per_batch=40)),
+        ("cifar10-vgg16", lambda root: write_cifar_python(root, classes=10, per_batch=60)),
+        ("cifar10-resnet18", lambda root: write_cifar_binary(root, classes=10, per_batch=60)),
+        ("cifar100-resnet18", lambda root: write_cifar_python(root, classes=100, per_batch=12)),
         ("purchase100-mlp", lambda root: write_purchase100(root, n=200)),
         ("texas100-mlp", lambda root: write_texas100(root, n=200)),
     ],

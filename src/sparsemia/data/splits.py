@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsemia.io import atomic_write
+from sparsemia.io import atomic_write, read_json, read_npz
 
 __all__ = ["MembershipSplits", "make_splits", "load_splits", "SPLIT_NAMES"]
 
@@ -101,11 +101,15 @@ def load_splits(path: str | Path) -> MembershipSplits:
     if not path.exists():
         raise FileNotFoundError(f"path: no splits file at {path}")
     if path.suffix == ".npz":
-        with np.load(path) as npz:
-            seed = int(npz["seed"])
-            arrays = {name: npz[name] for name in SPLIT_NAMES if name in npz}
-            return MembershipSplits(num_examples=int(npz["num_examples"]), seed=None if seed < 0 else seed, **arrays)
-    data = json.loads(path.read_text())
+        npz = read_npz(path, "splits")
+        if "seed" not in npz or "num_examples" not in npz:
+            raise ValueError(f"splits: {path} is not a splits file (no 'seed' / 'num_examples')")
+        seed = int(npz["seed"])
+        arrays = {name: npz[name] for name in SPLIT_NAMES if name in npz}
+        return MembershipSplits(num_examples=int(npz["num_examples"]), seed=None if seed < 0 else seed, **arrays)
+    data = read_json(path, "splits")
+    if not isinstance(data, dict):
+        raise ValueError(f"splits: {path} holds a JSON {type(data).__name__}, expected an object of index lists")
     arrays = {name: np.asarray(data.get(name, []), dtype=np.int64) for name in SPLIT_NAMES}
     return MembershipSplits(num_examples=int(data.get("num_examples", -1)), seed=data.get("seed"), **arrays)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from sparsemia.io import atomic_write, check_output_dir, load_state, save_state
+from sparsemia.io import atomic_write, check_output_dir, load_state, read_json, read_npz, save_state
 
 __all__ = ["RunDir", "ConfigMismatchError", "atomic_write_bytes"]
 
@@ -62,7 +62,7 @@ class RunDir:
         if stored.is_file() and self.holds_nothing_but_config():
             stored.unlink()
         if stored.is_file():
-            previous = json.loads(stored.read_text())
+            previous = read_json(stored, "--out")
             if previous != wanted:
                 if not force:
                     changed = sorted(k for k in set(previous) | set(wanted) if previous.get(k) != wanted.get(k))
@@ -116,15 +116,14 @@ class RunDir:
 
     # ----------------------------------------------------------------- reads
     def read_json(self, name: str) -> Any:
-        return json.loads(self.path(name).read_text())
+        return read_json(self.path(name), str(self.root))
 
     def load_torch(self, name: str) -> Any:
         """A state written by :meth:`save_torch` (older pickled files: ``weights_only=True``)."""
         return load_state(self.path(name), what=str(self.path(name)))
 
     def load_npz(self, name: str) -> dict[str, np.ndarray]:
-        with np.load(self.path(name)) as data:
-            return {k: data[k] for k in data.files}
+        return read_npz(self.path(name), str(self.root))
 
 
 def _json_default(obj: Any) -> Any:

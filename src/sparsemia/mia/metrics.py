@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from sparsemia.io import atomic_write
+from sparsemia.io import atomic_write, read_npz
 
 __all__ = [
     "AttackMetrics",
@@ -237,8 +237,11 @@ def save_scores(path: str | Path, score, is_member, index) -> Path:
 
 def load_scores(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(score, is_member, index)`` from a file written by :func:`save_scores`."""
-    with np.load(path) as npz:
-        return npz["score"], npz["is_member"], npz["index"]
+    arrays = read_npz(path, "path")
+    missing = [k for k in ("score", "is_member", "index") if k not in arrays]
+    if missing:
+        raise ValueError(f"path: {path} is not a scores file (no {missing})")
+    return arrays["score"], arrays["is_member"], arrays["index"]
 
 
 # ---------------------------------------------------------------------------- populations of targets
