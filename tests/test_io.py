@@ -220,3 +220,21 @@ def test_corrupted_scores_run_files_and_splits_name_the_file(tmp_path):
     (tmp_path / "splits.json").write_text("[1, 2")
     with pytest.raises(ValueError, match=r"^splits: .*splits\.json is not valid JSON"):
         load_splits(tmp_path / "splits.json")
+
+
+def test_sparsified_model_files_are_written_atomically_and_checked_on_load(tmp_path):
+    from sparsemia.nn import sparsify
+    from sparsemia.nn.convert import load_sparsified, save_sparsified
+
+    model = LENET.build().eval()
+    sm.prune.magnitude(model, sparsity=0.9)
+    sm.prune.remove(model)
+    sparse = sparsify(model, min_sparsity=0.5)
+    path = tmp_path / "sparse.safetensors"
+    save_sparsified(sparse, str(path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sparse.safetensors"]
+    x = torch.rand(2, 1, 28, 28)
+    torch.testing.assert_close(load_sparsified(LENET.build().eval(), str(path))(x), sparse(x))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(ModelFileError, match=rf"^source: {path} is not a valid safetensors file"):
+        load_sparsified(LENET.build(), str(path))

@@ -54,6 +54,7 @@ __all__ = [
     "check_output_dir",
     "read_json",
     "read_npz",
+    "read_safetensors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -247,6 +248,15 @@ def _torch_load_safe(path: Path, what: str) -> Any:
     except Exception as exc:  # zip errors, truncated streams, EOF
         raise ModelFileError(f"{what}: {path} is not a readable torch file (truncated or corrupted?): "
                              f"{_first_line(exc)}") from None
+
+
+def read_safetensors(path: str | Path, *, what: str = "path") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file; a missing or malformed file is a one-line error naming it."""
+    path = Path(path)
+    _check_file(path, what)
+    if _kind(path) != "safetensors":
+        raise ModelFileError(f"{what}: {path} is not a safetensors file")
+    return _read_safetensors(path, what)
 
 
 def load_weights(path: str | Path, *, what: str = "weights") -> dict[str, torch.Tensor]:

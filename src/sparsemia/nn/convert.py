@@ -352,11 +352,16 @@ def _layer_formats(model: nn.Module) -> dict[str, dict]:
 
 
 def save_sparsified(model: nn.Module, path: str) -> None:
-    """Write ``model.state_dict()`` to a safetensors file, with each sparse layer's format in its metadata."""
-    from safetensors.torch import save_file
+    """Write ``model.state_dict()`` to a safetensors file, with each sparse layer's format in its metadata.
 
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, path, metadata={_META_KEY: json.dumps(_layer_formats(model))})
+    The write is atomic (:func:`sparsemia.io.atomic_write`).
+    """
+    from safetensors.torch import save
+
+    from sparsemia.io import atomic_write
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, save(state, metadata={_META_KEY: json.dumps(_layer_formats(model))}))
 
 
 def load_sparsified(
@@ -376,12 +381,13 @@ def load_sparsified(
         ``model`` (or the replacement, if the model itself is one layer).
     """
     if isinstance(source, str):
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from sparsemia.io import read_safetensors
 
-        with safe_open(source, framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get(_META_KEY, "{}"))
-        state: Mapping[str, torch.Tensor] = load_file(source)
+        state, metadata = read_safetensors(source, what="source")
+        try:
+            meta = json.loads(metadata.get(_META_KEY, "{}"))
+        except json.JSONDecodeError:
+            raise ValueError(f"source: {source} has a corrupted layer-format header") from None
     else:
         state, meta = source, {}
     for name, module in list(model.named_modules()):
