@@ -58,7 +58,8 @@ expect() {  # expect "<text in the message>" args...
   out=$("$venv/bin/sparsemia" "$@" 2>"$work/err")
   code=$?
   set -e
-  err=$(cat "$work/err")
+  # the one warning this extension-less install adds (sparsemia._C not built) is not the command's output
+  err=$(grep -v "^WARNING sparsemia.ops: sparsemia._C could not be loaded" "$work/err" || true)
   local lines
   lines=$(printf '%s' "$err" | grep -c '' || true)
   if [ "$code" -ne 2 ] || [ "$lines" -ne 1 ] || [ -n "$out" ] || [[ "$err" != *"$text"* ]]; then
