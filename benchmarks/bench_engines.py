@@ -551,7 +551,7 @@ def print_summary(results: list[dict], engines: list[str], skipped: dict[str, st
     if not results:
         return
     shown = [e for e in engines if any(e in c["ms"] for c in results)]
-    contenders = [e for e in CONTENDERS + ("torch.compile",) if e in shown]
+    contenders = [e for e in ("eager", "torch.compile", *CONTENDERS) if e in shown]
     print("\n## Forward time, ms (median of interleaved rounds)\n")
     print("| model | sparsity | batch | " + " | ".join(shown) + " |")
     print("|---|---|---|" + "---|" * len(shown))
