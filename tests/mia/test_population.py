@@ -172,6 +172,7 @@ def test_validation_errors_name_the_argument():
         (dict(equalize=False, references_per_side=2), "references_per_side"),
         (dict(logits=logits.astype(np.int64)), "logits"),
         (dict(rmia_gamma=0.0), "rmia_gamma"),
+        (dict(seed=-1), "seed"),
     ]
     for change, name in cases:
         kwargs = dict(logits=logits, labels=labels, inclusion=inclusion, attacks=["loss"])

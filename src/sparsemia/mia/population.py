@@ -390,6 +390,8 @@ def evaluate_population(
         A :class:`PopulationResult`.
     """
     z, y, inc = _check_inputs(logits, labels, inclusion)
+    if not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     if isinstance(attacks, str) or not len(attacks):
         raise ValueError("attacks: expected a non-empty list of attack names")
     names = list(dict.fromkeys(_canonical(a) for a in attacks))
