@@ -28,7 +28,7 @@ layer swap, and :attr:`CompiledModel.lowered` says so.
 from __future__ import annotations
 
 import logging
-import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -279,8 +279,8 @@ def _set_threads(x: torch.Tensor, threads: int) -> torch.Tensor:
 
 def _best_seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int,
                   budget: float = 0.02) -> float:
-    """Fastest of a few timed calls of ``fn(x)`` on ``threads`` threads (each a loop of calls lasting
-    about ``budget`` / 5)."""
+    """Median of five timings of ``fn(x)`` on ``threads`` threads (each a loop of calls lasting about
+    ``budget`` / 5)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -290,17 +290,19 @@ def _best_seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, t
 
 
 def _time_calls(fn, x, budget: float) -> float:
+    # The median, not the minimum: on a shared machine a parallel region is sometimes lucky
+    # (every thread scheduled at once) and the minimum would pick threads that usually wait.
     start = time.perf_counter()
     fn(x)
     once = max(time.perf_counter() - start, 1e-7)
     reps = max(1, min(1000, int(budget / 5 / once)))
-    best = math.inf
+    samples = []
     for _ in range(5):
         start = time.perf_counter()
         for _ in range(reps):
             fn(x)
-        best = min(best, (time.perf_counter() - start) / reps)
-    return best
+        samples.append((time.perf_counter() - start) / reps)
+    return statistics.median(samples)
 
 
 # --------------------------------------------------------------------------
