@@ -26,6 +26,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from sparsemia.io import atomic_write, check_output_dir, check_output_file
+from sparsemia.prune.admm import DEFAULT_RHO, DEFAULT_ROUNDS
 
 app = typer.Typer(
     name="sparsemia",
@@ -208,8 +209,8 @@ def prune(
     data: str | None = typer.Option(None, help="Dataset to fine-tune on (needed by admm and multi-step schedules)."),
     data_root: Path | None = typer.Option(None, help="Directory holding the dataset."),
     epochs: int = typer.Option(1, min=0, help="Fine-tuning epochs per pruning step, or ADMM retraining epochs."),
-    rounds: int = typer.Option(10, min=1, help="ADMM rounds."),
-    rho: float = typer.Option(1e-3, help="ADMM initial penalty rho."),
+    rounds: int = typer.Option(DEFAULT_ROUNDS, min=1, help="ADMM rounds."),
+    rho: float = typer.Option(DEFAULT_RHO, help="ADMM initial penalty rho."),
     lr: float = typer.Option(1e-3, help="Adam learning rate for fine-tuning and ADMM."),
     batch_size: int = typer.Option(128, min=1, help="Training batch size."),
     seed: int = typer.Option(0, help="Seed for the batch order."),
@@ -366,8 +367,8 @@ def train(
     reference: int = typer.Option(0, min=0, help="Defender's reference examples (needed by Min-Max)."),
     splits: Path | None = typer.Option(None, help="Reuse splits saved by an earlier run."),
     defense: str = typer.Option("none", help="none, minmax, magnitude, admm, magnitude+minmax, admm+minmax, dpsgd."),
-    sparsity: float = typer.Option(0.9, help="Sparsity of the pruning defenses."),
-    lam: float = typer.Option(1.0, help="Min-Max: weight of the adversary's gain."),
+    sparsity: float | None = typer.Option(None, help="Sparsity of the pruning defenses (default 0.9)."),
+    lam: float | None = typer.Option(None, help="Min-Max: weight of the adversary's gain (default 1.0)."),
     epochs: int = typer.Option(40, min=0, help="Training epochs (no early stopping)."),
     batch_size: int = typer.Option(32, min=1, help="Batch size."),
     optimizer: str = typer.Option("adam", help="adam or sgd."),
@@ -394,11 +395,8 @@ def train(
     cfg = TrainConfig(epochs=opts["epochs"], batch_size=opts["batch_size"], optimizer=opts["optimizer"], lr=opts["lr"],
                       weight_decay=opts["weight_decay"], augment=opts["augment"], hflip=opts["hflip"], seed=opts["seed"])
     name = opts["defense"]
-    options: dict[str, Any] = {}
-    if name in ("magnitude", "admm", "magnitude+minmax", "admm+minmax"):
-        options["sparsity"] = opts["sparsity"]
-    if "minmax" in name:
-        options["lam"] = opts["lam"]
+    # unset options take the registry's defaults (sparsemia.train.DEFAULTS); train_target records them all
+    options = {key: opts[key] for key in ("sparsity", "lam") if opts[key] is not None}
     with console.status("training"):
         record = train_target(Path(opts["output"]), model=opts["model"], data=opts["data"], data_root=opts["data_root"],
                               download=opts["download"], members=opts["members"], test=opts["test"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from sklearn.metrics import roc_auc_score
 
 from sparsemia.cli import main
@@ -31,3 +32,30 @@ def test_attack_errors_are_one_line(tmp_path, capsys):
     assert main(["attack", str(tmp_path / "missing.pt"), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing.pt" in err
+
+
+def test_attack_on_a_defended_target_trains_defended_shadows(tmp_path, monkeypatch):
+    from sparsemia import prune
+    from sparsemia.mia import cli as attack_cli
+
+    model = tmp_path / "pruned.safetensors"
+    assert main(["train", "-o", str(model), "--members", "40", "--test", "50", "--epochs", "2",
+                 "--defense", "magnitude", "--sparsity", "0.8"]) == 0
+    record = json.loads((tmp_path / "pruned.safetensors.json").read_text())["record"]
+    # the record holds every option the defense used, defaults included
+    assert record["defense"] == "magnitude"
+    assert record["defense_options"]["sparsity"] == 0.8 and record["defense_options"]["finetune_epochs"] == 20
+    trained = []
+    real = attack_cli.train_shadow_models
+
+    def spy(*args, **kwargs):
+        shadows = real(*args, **kwargs)
+        trained.append((kwargs.get("defense"), shadows))
+        return shadows
+
+    monkeypatch.setattr(attack_cli, "train_shadow_models", spy)
+    attack_cli.attack_saved_model(model, tmp_path / "attack", attacks=["loss"], num_shadows=4, n_bootstrap=0)
+    (defense, shadows), = trained
+    assert defense.name == "magnitude" and defense.sparsity == 0.8
+    for shadow in shadows.models:
+        assert prune.sparsity_report(shadow).sparsity == pytest.approx(0.8, abs=0.02)

@@ -14,23 +14,17 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from sparsemia.mia.registry import ATTACKS as _ATTACK_REGISTRY
+from sparsemia.mia.registry import canonical_attack
+from sparsemia.train.defenses import DEFAULTS as _DEFENSE_DEFAULTS
+from sparsemia.train.defenses import DEFENSES as _DEFENSE_REGISTRY
+from sparsemia.train.defenses import DefenseOptions, canonical_defense
+
 __all__ = ["ExperimentConfig", "PRESETS", "ATTACKS", "DEFENSES", "preset", "load_config_file"]
 
-DEFENSES = ("none", "minmax", "magnitude", "admm", "admm+minmax", "magnitude+minmax", "dpsgd")
-ATTACKS = (
-    "shadow",
-    "correctness",
-    "confidence",
-    "entropy",
-    "modified_entropy",
-    "loss",
-    "lira_online",
-    "lira_offline",
-    "lira_online_fixed_var",
-    "lira_offline_fixed_var",
-    "rmia",
-    "rmia_offline",
-)
+#: Names of the defenses and attacks (the registries: :mod:`sparsemia.train.defenses`, :mod:`sparsemia.mia.registry`).
+DEFENSES = tuple(_DEFENSE_REGISTRY)
+ATTACKS = tuple(_ATTACK_REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -63,7 +57,7 @@ class ExperimentConfig:
     attacker_reference: int = 500
     defenses: tuple[str, ...] = ("none", "minmax", "magnitude", "admm", "admm+minmax")
     attacks: tuple[str, ...] = ATTACKS
-    sparsity: float = 0.9
+    sparsity: float = _DEFENSE_DEFAULTS.sparsity
     # training (see sparsemia.train.TrainConfig)
     epochs: int = 40
     batch_size: int = 32
@@ -71,12 +65,12 @@ class ExperimentConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     augment: bool = False
-    # defenses
-    minmax_lambda: float = 1.0
-    minmax_k: int = 1
-    finetune_epochs: int = 20
-    admm_rounds: int = 6
-    admm_rho: float = 0.1
+    # defenses (defaults: sparsemia.train.defenses.DEFAULTS)
+    minmax_lambda: float = _DEFENSE_DEFAULTS.lam
+    minmax_k: int = _DEFENSE_DEFAULTS.k
+    finetune_epochs: int = _DEFENSE_DEFAULTS.finetune_epochs
+    admm_rounds: int = _DEFENSE_DEFAULTS.admm_rounds
+    admm_rho: float = _DEFENSE_DEFAULTS.admm_rho
     # attacks
     num_shadows: int = 8
     shadows_per_task: int = 4
@@ -94,14 +88,13 @@ class ExperimentConfig:
                 raise ValueError(f"{name}: expected a non-negative integer, got {getattr(self, name)}")
         if not 0.0 <= self.sparsity < 1.0:
             raise ValueError(f"sparsity: expected a fraction in [0, 1), got {self.sparsity}")
-        object.__setattr__(self, "defenses", tuple(self.defenses))
-        object.__setattr__(self, "attacks", tuple(self.attacks))
-        bad = [d for d in self.defenses if d not in DEFENSES]
-        if bad or not self.defenses:
+        if not self.defenses:
             raise ValueError(f"defenses: expected a non-empty subset of {DEFENSES}, got {list(self.defenses)}")
-        bad = [a for a in self.attacks if a not in ATTACKS]
-        if bad or not self.attacks:
+        if not self.attacks:
             raise ValueError(f"attacks: expected a non-empty subset of {ATTACKS}, got {list(self.attacks)}")
+        # one vocabulary: older spellings (lira_online_fixed_variance, rmia_online, ...) become the registry's
+        object.__setattr__(self, "defenses", tuple(canonical_defense(d, "defenses") for d in self.defenses))
+        object.__setattr__(self, "attacks", tuple(canonical_attack(a, "attacks") for a in self.attacks))
         if self.num_shadows < 4:
             raise ValueError(f"num_shadows: expected at least 4 (LiRA needs IN and OUT models), got {self.num_shadows}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -131,6 +124,12 @@ class ExperimentConfig:
     def with_overrides(self, **overrides: Any) -> ExperimentConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(self, **given) if given else self
+
+    def defense_options(self) -> DefenseOptions:
+        """The defenses' options of this experiment."""
+        return DefenseOptions(sparsity=self.sparsity, finetune_epochs=self.finetune_epochs,
+                              admm_rounds=self.admm_rounds, admm_rho=self.admm_rho, lam=self.minmax_lambda,
+                              k=self.minmax_k)
 
     def train_config(self, seed_offset: int = 0):
         from sparsemia.train import TrainConfig

@@ -17,6 +17,7 @@ split is the same for both executors, so they give identical results.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import math
 import platform
@@ -64,9 +65,15 @@ def _noop(stage: str, done: int, total: int) -> None:
 
 
 def _load(cfg: ExperimentConfig):
+    return _load_dataset(cfg.dataset, cfg.data_root)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_dataset(name: str, root: str | None):
+    # Loaded once per process: shadow tasks run in-process share it (a Ray worker loads it once).
     from sparsemia.data import load_dataset
 
-    return load_dataset(cfg.dataset, cfg.data_root)
+    return load_dataset(name, root)
 
 
 def _build_model(cfg: ExperimentConfig, num_classes: int, sample_shape: tuple[int, ...]) -> nn.Module:
@@ -82,22 +89,7 @@ def _build_model(cfg: ExperimentConfig, num_classes: int, sample_shape: tuple[in
 def _defense(cfg: ExperimentConfig, name: str, seed: int):
     from sparsemia.train import build_defense
 
-    adversary = {"lam": cfg.minmax_lambda, "k": cfg.minmax_k, "seed": seed}
-    if name == "none":
-        return build_defense("none")
-    if name == "minmax":
-        return build_defense("minmax", **adversary)
-    if name == "dpsgd":
-        return build_defense("dpsgd")
-    kwargs: dict[str, Any] = {
-        "sparsity": cfg.sparsity,
-        "finetune_epochs": cfg.finetune_epochs,
-        "admm_rounds": cfg.admm_rounds,
-        "admm_rho": cfg.admm_rho,
-    }
-    if name.endswith("+minmax"):
-        kwargs.update(adversary)
-    return build_defense(name, **kwargs)
+    return build_defense(name, cfg.defense_options(), seed=seed)
 
 
 def _splits(cfg: ExperimentConfig, run: RunDir, num_examples: int):
@@ -351,31 +343,9 @@ def _shadow_logits(run: RunDir, names: list[str]) -> tuple[np.ndarray, np.ndarra
 # ----------------------------------------------------------------------------
 
 
-def _attack(name: str, ctx: dict[str, Any]):
-    from sparsemia import mia
-
-    target, labels = ctx["target_logits"], ctx["labels"]
-    cand = slice(0, labels.size)
-    if name == "shadow":
-        return mia.shadow_model_attack(target, labels, ctx["records"], seed=ctx["seed"])
-    if name in mia.METRIC_ATTACKS:
-        return mia.metric_attack(name, target, labels, ctx["records"], threshold="class")
-    if name.startswith("lira"):
-        return mia.lira(
-            target, labels, ctx["shadow_logits"][:, cand], ctx["inclusion"][:, cand],
-            online="online" in name, fixed_variance=name.endswith("fixed_var"),
-        )
-    if name.startswith("rmia"):
-        return mia.rmia(
-            target, labels, ctx["shadow_logits"][:, cand], ctx["inclusion"][:, cand],
-            ctx["test_logits"], ctx["test_labels"], ctx["shadow_test_logits"],
-            online=name == "rmia",
-        )
-    raise ValueError(f"attack: unknown name {name!r}")
-
-
 def _run_attacks(cfg, run, data, splits, defense_name, universe, test) -> None:
     from sparsemia import mia
+    from sparsemia.mia.registry import AttackInputs, run_attack
     from sparsemia.train import predict_logits
 
     todo = [a for a in cfg.attacks if not (run.exists(f"attacks/{defense_name}__{a}.json")
@@ -389,19 +359,22 @@ def _run_attacks(cfg, run, data, splits, defense_name, universe, test) -> None:
     shadow_logits, inclusion = _shadow_logits(run, _task_names(cfg, defense_name))
     u = universe.size
     labels = y[torch.as_tensor(candidates)].numpy()
-    ctx = {
-        "seed": cfg.seed,
-        "target_logits": predict_logits(model, x[torch.as_tensor(candidates)]).double().numpy(),
-        "labels": labels,
-        "test_logits": predict_logits(model, x[torch.as_tensor(test)]).double().numpy(),
-        "test_labels": y[torch.as_tensor(test)].numpy(),
-        "shadow_logits": shadow_logits[:, :u].astype(np.float64),
-        "shadow_test_logits": shadow_logits[:, u:].astype(np.float64),
-        "inclusion": inclusion,
-        "records": mia.ShadowRecords.from_models(shadow_logits[:, :u], y[torch.as_tensor(universe)].numpy(), inclusion),
-    }
+    n = labels.size
+    inputs = AttackInputs(
+        target_logits=predict_logits(model, x[torch.as_tensor(candidates)]).double().numpy(),
+        labels=labels,
+        # the universe starts with the candidates
+        shadow_logits=shadow_logits[:, :n].astype(np.float64),
+        inclusion=inclusion[:, :n],
+        records=mia.ShadowRecords.from_models(shadow_logits[:, :u], y[torch.as_tensor(universe)].numpy(), inclusion),
+        # RMIA's population samples: the test set, which no model trained on
+        population_logits=predict_logits(model, x[torch.as_tensor(test)]).double().numpy(),
+        population_labels=y[torch.as_tensor(test)].numpy(),
+        shadow_population_logits=shadow_logits[:, u:].astype(np.float64),
+        seed=cfg.seed,
+    )
     for name in todo:
-        result = _attack(name, ctx)
+        result = run_attack(name, inputs)
         metrics = mia.attack_metrics(
             result.scores, is_member, predictions=result.predictions, labels=labels,
             n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,

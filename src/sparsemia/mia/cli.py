@@ -1,8 +1,9 @@
 """What ``sparsemia attack`` does, as a function: attack a model saved by ``sparsemia train``.
 
-Shadow models of the same architecture are trained like the target (its training
-config; stacked, on random subsets of attacker pool ∪ candidates, as large as the
-target's training set), then each requested attack scores the candidates.
+Shadow models of the same architecture are trained like the target: its training
+config and its defense with the same options (see :data:`sparsemia.train.DEFENSES`;
+undefended shadows train stacked), on random subsets of attacker pool ∪ candidates
+as large as the target's training set; then each requested attack scores the candidates.
 Writes ``<out>/metrics.json`` and ``<out>/scores/<attack>.npz`` (score, is_member, index).
 """
 
@@ -19,24 +20,20 @@ from sparsemia.data import load_dataset, load_splits
 from sparsemia.io import atomic_write, check_output_dir, load_model
 from sparsemia.mia import attacks as A
 from sparsemia.mia.metrics import attack_metrics, save_scores
+from sparsemia.mia.registry import ATTACKS as _REGISTRY
+from sparsemia.mia.registry import AttackInputs, canonical_attack, run_attack
 from sparsemia.mia.shadow import lira_inclusion, score_models, train_shadow_models
+from sparsemia.seeds import derive_seed, rng
 from sparsemia.train.cli import sidecar
+from sparsemia.train.defenses import DEFENSES, build_defense, canonical_defense
 from sparsemia.train.trainer import TrainConfig, predict_logits
 
 __all__ = ["ATTACKS", "attack_saved_model"]
 
 _MIN_SHADOWS = 4
 
-ATTACKS = (
-    *A.METRIC_ATTACKS,
-    "shadow",
-    "lira_online",
-    "lira_offline",
-    "lira_online_fixed_variance",
-    "lira_offline_fixed_variance",
-    "rmia_online",
-    "rmia_offline",
-)
+#: The attack names (the registry's, :data:`sparsemia.mia.registry.ATTACKS`).
+ATTACKS = tuple(_REGISTRY)
 
 
 def attack_saved_model(
@@ -53,6 +50,7 @@ def attack_saved_model(
     n_bootstrap: int = 200,
     pkeep: float = 0.5,
     population: int = 1000,
+    defense_reference: int | None = None,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
     """Run ``attacks`` (default all of :data:`ATTACKS`) on a saved target; returns metrics per attack.
@@ -70,11 +68,12 @@ def attack_saved_model(
     example is IN for a fraction ``pkeep`` of the shadows (Carlini et al.: 1/2).
     RMIA's population samples are up to ``population`` further pool examples that
     no shadow model trained on. Nothing is written unless every attack succeeds.
+    A target trained with a defense (its record's ``defense`` and ``defense_options``)
+    gets shadows trained with the same defense; a Min-Max adversary's reference set is
+    the next ``defense_reference`` pool examples (default: as many as the target's
+    training set).
     """
-    attacks = list(attacks or ATTACKS)
-    unknown = sorted(set(attacks) - set(ATTACKS))
-    if unknown:
-        raise ValueError(f"attacks: unknown {unknown}; expected some of {list(ATTACKS)}")
+    attacks = [canonical_attack(a) for a in (attacks or ATTACKS)]
     if num_shadows < _MIN_SHADOWS and any(a.startswith(("lira", "rmia")) for a in attacks):
         raise ValueError(f"num_shadows: LiRA and RMIA need at least {_MIN_SHADOWS} shadow models (two IN and two OUT "
                          f"per example), got {num_shadows}")
@@ -90,7 +89,10 @@ def attack_saved_model(
         data = data or record["data"]
         splits_path = Path(splits) if splits is not None else sidecar(model_path, "splits")
         config = train_config or TrainConfig(**record["train_config"])
+        defense_name = record.get("defense", "none")
+        defense_options = record.get("defense_options") or {}
     else:
+        defense_name, defense_options = "none", {}
         if data is None or splits is None:
             raise ValueError("data and splits: weights trained elsewhere need the dataset and the splits file naming "
                              "its members (CLI: --data NAME --splits FILE)")
@@ -117,7 +119,7 @@ def attack_saved_model(
     n = candidates.size
     train_size = splits.target_members.size
     size = max(int(round(train_size / pkeep)), n)
-    pool = np.random.default_rng(seed).permutation(splits.attacker_pool)
+    pool = rng(seed, "attacker-pool").permutation(splits.attacker_pool)
     if pool.size < size - n + 1:
         raise ValueError(
             f"splits: the attacker pool has {pool.size} examples; shadows with pkeep={pkeep} need at least "
@@ -125,11 +127,27 @@ def attack_saved_model(
         )
     universe = np.concatenate([candidates, pool[: size - n]])
     population_idx = pool[size - n : size - n + population]
-    inclusion = lira_inclusion(num_shadows, universe.size, pkeep=train_size / universe.size, seed=seed)
+    defense_spec = DEFENSES[canonical_defense(defense_name)]
+    reference = None
+    if defense_spec.needs_reference:
+        start = size - n + population_idx.size
+        want = train_size if defense_reference is None else defense_reference
+        reference_idx = torch.as_tensor(pool[start : start + want])
+        if reference_idx.numel() < max(want, 1):
+            raise ValueError(
+                f"splits: the {defense_spec.name} shadows need {want} attacker-pool examples as their adversary's "
+                f"reference set after the universe and {population_idx.size} population samples; the pool has "
+                f"{pool.size}"
+            )
+        reference = (x[reference_idx], y[reference_idx])
+    defense = build_defense(defense_spec.name, defense_options, seed=derive_seed(seed, "adversary"))
+    inclusion = lira_inclusion(num_shadows, universe.size, pkeep=train_size / universe.size,
+                               seed=derive_seed(seed, "inclusion"))
     u = torch.as_tensor(universe)
     shadows = train_shadow_models(
         spec.build,
-        x[u], y[u], inclusion, config, num_classes=dataset.num_classes, seed=seed,
+        x[u], y[u], inclusion, config, defense=defense, reference=reference, num_classes=dataset.num_classes,
+        seed=seed,
     )
     pop = torch.as_tensor(population_idx)
     shadow_logits = score_models(shadows, x[u])
@@ -138,21 +156,17 @@ def attack_saved_model(
     cand_logits = predict_logits(target, x[torch.as_tensor(candidates)]).double().numpy()
     pop_logits = predict_logits(target, x[pop]).double().numpy()
     # shadow records: every (shadow, universe example) pair, membership known to the attacker
-    records = A.ShadowRecords.from_models(shadow_logits, labels, inclusion)
+    inputs = AttackInputs(
+        target_logits=cand_logits, labels=labels[:n], shadow_logits=shadow_logits[:, :n], inclusion=inclusion[:, :n],
+        records=A.ShadowRecords.from_models(shadow_logits, labels, inclusion), population_logits=pop_logits,
+        population_labels=pop_labels, shadow_population_logits=shadow_pop_logits, seed=seed,
+        num_classes=dataset.num_classes,
+    )
 
     results: dict[str, dict[str, Any]] = {}
     scores: dict[str, np.ndarray] = {}
     for name in attacks:
-        if name in A.METRIC_ATTACKS:
-            res = A.metric_attack(name, cand_logits, labels[:n], records, num_classes=dataset.num_classes)
-        elif name == "shadow":
-            res = A.shadow_model_attack(cand_logits, labels[:n], records, seed=seed)
-        elif name.startswith("lira"):
-            res = A.lira(cand_logits, labels[:n], shadow_logits[:, :n], inclusion[:, :n],
-                         online="online" in name, fixed_variance=name.endswith("fixed_variance"))
-        else:
-            res = A.rmia(cand_logits, labels[:n], shadow_logits[:, :n], inclusion[:, :n], pop_logits, pop_labels,
-                         shadow_pop_logits, None, online=name == "rmia_online")
+        res = run_attack(name, inputs)
         metrics = attack_metrics(res.scores, is_member, predictions=res.predictions, labels=labels[:n],
                                  n_bootstrap=n_bootstrap, seed=seed)
         scores[name] = res.scores
@@ -161,5 +175,5 @@ def attack_saved_model(
     for name, score in scores.items():
         save_scores(out / "scores" / f"{name}.npz", score, is_member, candidates)
     atomic_write(out / "metrics.json", json.dumps({"model": str(model_path), "num_shadows": num_shadows,
-                                                   "attacks": results}, indent=2))
+                                                   "defense": defense_spec.name, "attacks": results}, indent=2))
     return results

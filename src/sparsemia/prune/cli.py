@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from sparsemia import io as _io
 from sparsemia.io import LoadedModel
-from sparsemia.prune.admm import admm
+from sparsemia.prune.admm import DEFAULT_RHO, DEFAULT_ROUNDS, admm
 from sparsemia.prune.filter import shrink
 from sparsemia.prune.finetune import make_optimizer, train_epochs
 from sparsemia.prune.masks import remove
@@ -78,8 +78,8 @@ def prune_saved_model(
     data: str | None = None,
     data_root: str | Path | None = None,
     epochs: int = 1,
-    rounds: int = 10,
-    rho: float = 1e-3,
+    rounds: int = DEFAULT_ROUNDS,
+    rho: float = DEFAULT_RHO,
     lr: float = 1e-3,
     batch_size: int = 128,
     seed: int = 0,

@@ -1,13 +1,18 @@
 """Training target and shadow models, with or without membership-inference defenses."""
 
 from sparsemia.train.defenses import (
+    DEFAULTS,
+    DEFENSES,
     DPSGD,
     Defense,
+    DefenseOptions,
+    DefenseSpec,
     InferenceModel,
     MinMax,
     NoDefense,
     Pruning,
     build_defense,
+    canonical_defense,
 )
 from sparsemia.train.trainer import (
     ExtraLoss,
@@ -44,4 +49,9 @@ __all__ = [
     "Pruning",
     "DPSGD",
     "build_defense",
+    "DEFENSES",
+    "DEFAULTS",
+    "DefenseOptions",
+    "DefenseSpec",
+    "canonical_defense",
 ]

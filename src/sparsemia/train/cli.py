@@ -19,7 +19,8 @@ import torch
 from sparsemia.data import load_dataset, load_splits, make_splits
 from sparsemia.io import ModelSpec, check_output_file, save_model, sidecar_path
 from sparsemia.models import MODELS
-from sparsemia.train.defenses import build_defense
+from sparsemia.prune import remove as remove_masks
+from sparsemia.train.defenses import DefenseOptions, build_defense, canonical_defense
 from sparsemia.train.trainer import TrainConfig, evaluate
 
 __all__ = ["train_target", "build_for", "spec_for", "sidecar"]
@@ -84,14 +85,19 @@ def train_target(
     if split.defense_reference.size:
         ref_idx = torch.as_tensor(split.defense_reference)
         ref = (x[ref_idx], y[ref_idx])
-    chosen = build_defense(defense, **(defense_options or {}))
+    defense = canonical_defense(defense)
+    options = DefenseOptions.from_dict(defense_options)
+    chosen = build_defense(defense, options)
     member_idx = torch.as_tensor(split.target_members)
     net = chosen.train(net, x[member_idx], y[member_idx], config, reference=ref, num_classes=dataset.num_classes)
+    # a pruned model keeps its zeros as plain weights (masks are training-time parametrizations)
+    remove_masks(net)
     record: dict[str, Any] = {
         "model": model,
         "data": data,
         "defense": defense,
-        "defense_options": defense_options or {},
+        # every option the defense used, defaults included: `sparsemia attack` trains its shadows with them
+        "defense_options": options.relevant(defense),
         "train_config": asdict(config),
         "train_accuracy": evaluate(net, x[member_idx], y[member_idx])["accuracy"],
     }

@@ -12,20 +12,41 @@ A defense is any object with ``name`` and
   ADMM), optionally with a :class:`MinMax` adversary in the objective
   (pruning + Min-Max);
 * :class:`DPSGD` — DP-SGD through Opacus (optional extra ``sparsemia[dp]``).
+
+:data:`DEFENSES` is the registry every command uses (``sparsemia train``,
+``attack``, ``reproduce`` and the experiment pipeline): each defense's name,
+what it combines, and how models "trained like the target" are trained.
+:data:`DEFAULTS` holds the one set of default options, and
+:func:`build_defense` makes a defense from a name and options.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sparsemia.prune.admm import DEFAULT_RHO, DEFAULT_ROUNDS
 from sparsemia.train.trainer import TrainConfig, fit
 
-__all__ = ["Defense", "NoDefense", "MinMax", "InferenceModel", "Pruning", "DPSGD", "build_defense"]
+__all__ = [
+    "Defense",
+    "NoDefense",
+    "MinMax",
+    "InferenceModel",
+    "Pruning",
+    "DPSGD",
+    "DefenseSpec",
+    "DefenseOptions",
+    "DEFENSES",
+    "DEFAULTS",
+    "canonical_defense",
+    "build_defense",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -192,10 +213,10 @@ class Pruning:
         sparsity: float = 0.9,
         *,
         minmax: MinMax | None = None,
-        finetune_epochs: int = 5,
+        finetune_epochs: int = 20,
         scope: str = "layer",
-        admm_rounds: int = 5,
-        admm_rho: float = 1e-3,
+        admm_rounds: int = DEFAULT_ROUNDS,
+        admm_rho: float = DEFAULT_RHO,
         pretrain: bool = True,
     ) -> None:
         if method not in ("magnitude", "admm"):
@@ -329,21 +350,127 @@ class DPSGD:
         return getattr(model, "_module", model)
 
 
-def build_defense(name: str, **kwargs) -> Defense:
-    """A defense by name: ``none``, ``minmax``, ``magnitude``, ``admm``, ``magnitude+minmax``,
-    ``admm+minmax``, ``dpsgd``; ``kwargs`` go to the constructor (``lam``/``k`` to the adversary)."""
-    key = name.lower().replace("_", "-")
-    if key == "none":
-        return NoDefense()
-    if key == "minmax":
-        return MinMax(**kwargs)
-    if key in ("magnitude", "admm", "magnitude+minmax", "admm+minmax"):
-        method, _, adversary = key.partition("+")
-        mm_kwargs = {k: kwargs.pop(k) for k in ("lam", "k", "attack_lr", "seed") if k in kwargs}
-        return Pruning(method, minmax=MinMax(**mm_kwargs) if adversary else None, **kwargs)
-    if key == "dpsgd":
-        return DPSGD(**kwargs)
-    raise ValueError(
-        f"name: unknown defense {name!r}; expected one of none, minmax, magnitude, admm, "
-        "magnitude+minmax, admm+minmax, dpsgd"
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A defense of the registry: what it combines, and how models trained like its target train.
+
+    ``pruning``: ``"magnitude"``, ``"admm"`` or None; ``minmax``: a Min-Max adversary in the
+    objective (needs the defender's reference set); ``shadow_training``: ``"stacked"`` when
+    shadow / population models train together as one stacked model, ``"one_by_one"``
+    when each is trained by the defense's own ``train`` in turn.
+    """
+
+    name: str
+    summary: str
+    pruning: str | None = None
+    minmax: bool = False
+    dpsgd: bool = False
+    shadow_training: str = "one_by_one"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.minmax
+
+
+#: Every defense, by name (results files carry these names).
+DEFENSES: dict[str, DefenseSpec] = {
+    s.name: s
+    for s in (
+        DefenseSpec("none", "plain training (the overfitting baseline)", shadow_training="stacked"),
+        DefenseSpec("minmax", "Min-Max game / adversarial regularization (Nasr et al. 2018)", minmax=True),
+        DefenseSpec("magnitude", "magnitude pruning + masked fine-tuning", pruning="magnitude"),
+        DefenseSpec("admm", "ADMM pruning + masked retraining (Zhang et al. 2018)", pruning="admm"),
+        DefenseSpec("magnitude+minmax", "magnitude pruning with the Min-Max adversary", pruning="magnitude",
+                    minmax=True),
+        DefenseSpec("admm+minmax", "ADMM pruning with the Min-Max adversary in its objective", pruning="admm",
+                    minmax=True),
+        DefenseSpec("dpsgd", "DP-SGD through Opacus", dpsgd=True),
     )
+}
+
+_DEFENSE_ALIASES = {"min-max": "minmax", "nodefense": "none", "dp-sgd": "dpsgd"}
+
+
+def canonical_defense(name: str, argument: str = "defense") -> str:
+    """The :data:`DEFENSES` name of ``name`` (``_`` and ``-`` spellings accepted); a clear error otherwise."""
+    key = str(name).strip().lower().replace("_", "-")
+    key = _DEFENSE_ALIASES.get(key, key).replace("-minmax", "+minmax").replace("-min-max", "+minmax")
+    if key not in DEFENSES:
+        raise ValueError(f"{argument}: unknown defense {name!r}; expected one of {', '.join(DEFENSES)}")
+    return key
+
+
+@dataclass(frozen=True)
+class DefenseOptions:
+    """The options of the defenses, with the one set of defaults (:data:`DEFAULTS`).
+
+    ``sparsity``, ``finetune_epochs`` (masked fine-tuning after magnitude pruning, retraining
+    after ADMM), ``admm_rounds``, ``admm_rho``, ``scope``: the pruning defenses;
+    ``lam``, ``k``: the Min-Max adversary (weight of its gain, its steps per classifier step).
+    """
+
+    sparsity: float = 0.9
+    finetune_epochs: int = 20
+    admm_rounds: int = DEFAULT_ROUNDS
+    admm_rho: float = DEFAULT_RHO
+    scope: str = "layer"
+    lam: float = 1.0
+    k: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> DefenseOptions:
+        data = dict(data or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"defense_options: unknown option(s) {unknown}; expected some of {sorted(known)}")
+        return cls(**data)
+
+    def relevant(self, name: str) -> dict[str, Any]:
+        """The options the defense ``name`` uses (what a training record stores)."""
+        spec = DEFENSES[canonical_defense(name)]
+        keep: set[str] = set()
+        if spec.pruning:
+            keep |= {"sparsity", "finetune_epochs", "scope"}
+        if spec.pruning == "admm":
+            keep |= {"admm_rounds", "admm_rho"}
+        if spec.minmax:
+            keep |= {"lam", "k"}
+        return {k: v for k, v in self.to_dict().items() if k in keep}
+
+
+#: The default options of every defense.
+DEFAULTS = DefenseOptions()
+
+
+def build_defense(name: str, options: DefenseOptions | dict[str, Any] | None = None, *, seed: int = 0,
+                  **kwargs: Any) -> Defense:
+    """A defense by name (see :data:`DEFENSES`).
+
+    ``options`` (a :class:`DefenseOptions` or a dict of its fields; default :data:`DEFAULTS`)
+    sets the defense's parameters; ``seed`` seeds the Min-Max adversary (its
+    initialisation and reference batches); ``kwargs`` go to the constructor as they are
+    (``DPSGD``'s options, ``pretrain``, ``attack_lr``).
+    """
+    spec = DEFENSES[canonical_defense(name, "name")]
+    opts = options if isinstance(options, DefenseOptions) else DefenseOptions.from_dict(options)
+    known = {f.name for f in fields(DefenseOptions)}
+    given = {k: kwargs.pop(k) for k in list(kwargs) if k in known}
+    if given:
+        opts = replace(opts, **given)
+    adversary_seed = kwargs.pop("seed", seed)
+    if spec.dpsgd:
+        return DPSGD(**kwargs)
+    adversary = None
+    if spec.minmax:
+        attack_lr = {"attack_lr": kwargs.pop("attack_lr")} if "attack_lr" in kwargs else {}
+        adversary = MinMax(lam=opts.lam, k=opts.k, seed=adversary_seed, **attack_lr)
+    if spec.pruning is None:
+        if kwargs:
+            raise ValueError(f"options: {spec.name} takes no option(s) {sorted(kwargs)}")
+        return adversary if adversary is not None else NoDefense()
+    return Pruning(spec.pruning, opts.sparsity, minmax=adversary, finetune_epochs=opts.finetune_epochs,
+                   scope=opts.scope, admm_rounds=opts.admm_rounds, admm_rho=opts.admm_rho, **kwargs)
