@@ -16,6 +16,7 @@ from typing import Any
 
 from sparsemia.mia.registry import ATTACKS as _ATTACK_REGISTRY
 from sparsemia.mia.registry import canonical_attack
+from sparsemia.seeds import Purpose, derive_seed
 from sparsemia.train.defenses import DEFAULTS as _DEFENSE_DEFAULTS
 from sparsemia.train.defenses import DEFENSES as _DEFENSE_REGISTRY
 from sparsemia.train.defenses import DefenseOptions, canonical_defense
@@ -131,7 +132,12 @@ class ExperimentConfig:
                               admm_rounds=self.admm_rounds, admm_rho=self.admm_rho, lam=self.minmax_lambda,
                               k=self.minmax_k)
 
-    def train_config(self, seed_offset: int = 0):
+    def seed_for(self, *purpose: Purpose) -> int:
+        """The seed of ``purpose`` in this experiment (see :func:`sparsemia.seeds.derive_seed`)."""
+        return derive_seed(self.seed, *purpose)
+
+    def train_config(self, *purpose: Purpose):
+        """The training config; its seed is the one of ``("train", *purpose)``."""
         from sparsemia.train import TrainConfig
 
         return TrainConfig(
@@ -142,7 +148,7 @@ class ExperimentConfig:
             weight_decay=self.weight_decay,
             augment=self.augment,
             hflip=self.augment and self.dataset.startswith(("cifar", "svhn")),
-            seed=self.seed * 1009 + seed_offset,
+            seed=self.seed_for("train", *purpose),
         )
 
 

@@ -103,7 +103,7 @@ def _splits(cfg: ExperimentConfig, run: RunDir, num_examples: int):
         target_non_members=cfg.target_non_members,
         test=cfg.test_size,
         defense_reference=cfg.defense_reference,
-        seed=cfg.seed,
+        seed=cfg.seed_for("splits"),
     )
     splits.save(run.path("splits.json"))
     return splits
@@ -187,12 +187,13 @@ def _train_target(cfg: ExperimentConfig, run: RunDir, data, splits, defense_name
     x, y = data.features, data.labels
     members = torch.as_tensor(splits.target_members)
     reference = torch.as_tensor(splits.defense_reference)
-    torch.manual_seed(cfg.seed)
+    # every defense's target starts from the same initialisation and data order (paired comparisons)
+    torch.manual_seed(cfg.seed_for("init", "target"))
     model = _build_model(cfg, data.num_classes, data.sample_shape)
-    defense = _defense(cfg, defense_name, seed=cfg.seed)
+    defense = _defense(cfg, defense_name, seed=cfg.seed_for("adversary", "target"))
     started = time.perf_counter()
     model = defense.train(
-        model, x[members], y[members], cfg.train_config(), reference=(x[reference], y[reference]),
+        model, x[members], y[members], cfg.train_config("target"), reference=(x[reference], y[reference]),
         num_classes=data.num_classes,
     )
     train_seconds = time.perf_counter() - started
@@ -248,17 +249,17 @@ def shadow_task(task: dict[str, Any]) -> dict[str, np.ndarray]:
     defense_name = task["defense"]
     index = int(task["index"])
     inclusion = np.asarray(task["inclusion"], dtype=bool)
-    defense = None if defense_name == "none" else _defense(cfg, defense_name, seed=cfg.seed + 7919 * (index + 1))
+    defense = _defense(cfg, defense_name, seed=cfg.seed_for("adversary", "shadows", index))
     shadows = train_shadow_models(
         lambda: _build_model(cfg, data.num_classes, data.sample_shape),
         x[universe],
         y[universe],
         inclusion,
-        cfg.train_config(seed_offset=1 + index),
+        cfg.train_config("shadows", index),
         defense=defense,
         reference=(x[attacker_reference], y[attacker_reference]),
         num_classes=data.num_classes,
-        seed=cfg.seed * 7 + 1 + index,
+        seed=cfg.seed_for("init", "shadows", index),
     )
     if shadows.models is not None:
         from sparsemia import prune
@@ -371,13 +372,13 @@ def _run_attacks(cfg, run, data, splits, defense_name, universe, test) -> None:
         population_logits=predict_logits(model, x[torch.as_tensor(test)]).double().numpy(),
         population_labels=y[torch.as_tensor(test)].numpy(),
         shadow_population_logits=shadow_logits[:, u:].astype(np.float64),
-        seed=cfg.seed,
+        seed=cfg.seed_for("attack-model"),
     )
     for name in todo:
         result = run_attack(name, inputs)
         metrics = mia.attack_metrics(
             result.scores, is_member, predictions=result.predictions, labels=labels,
-            n_bootstrap=cfg.n_bootstrap, seed=cfg.seed,
+            n_bootstrap=cfg.n_bootstrap, seed=cfg.seed_for("bootstrap"),
         )
         mia.save_scores(run.path(f"scores/{defense_name}__{name}.npz"), result.scores, is_member, candidates)
         out = metrics.to_dict(roc=True)
@@ -405,7 +406,7 @@ def _run_one(cfg: ExperimentConfig, run: RunDir, executor: str, ray_address: str
         progress("targets", i, n_def)
         targets[defense_name] = _train_target(cfg, run, data, splits, defense_name)
     progress("targets", n_def, n_def)
-    inclusion = lira_inclusion(cfg.num_shadows, universe.size, pkeep=pkeep, seed=cfg.seed)
+    inclusion = lira_inclusion(cfg.num_shadows, universe.size, pkeep=pkeep, seed=cfg.seed_for("inclusion"))
     for defense_name in cfg.defenses:
         tasks = _shadow_tasks(cfg, defense_name, inclusion, universe, test, attacker_reference)
         _run_tasks(run, tasks, executor, ray_address, progress, f"shadows ({defense_name})")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from sparsemia.nn.stacked import FunctionalStack, StackedModel, stack_models
+from sparsemia.seeds import derive_seed
 from sparsemia.train.trainer import TrainConfig, fit_stacked, predict_logits
 
 __all__ = [
@@ -72,10 +73,10 @@ def disjoint_inclusion(
 
 
 def build_stack(model_fn: Callable[[], nn.Module], num_models: int, seed: int = 0) -> StackedModel | FunctionalStack:
-    """``num_models`` freshly initialised models (model m seeded with ``seed·1_000_003 + m``), stacked."""
+    """``num_models`` freshly initialised models (model m seeded with ``derive_seed(seed, "init", m)``), stacked."""
     models = []
     for m in range(num_models):
-        torch.manual_seed(seed * 1_000_003 + m)
+        torch.manual_seed(derive_seed(seed, "init", m))
         models.append(model_fn())
     try:
         return stack_models(models)
@@ -132,7 +133,7 @@ def train_shadow_models(
     if defense is not None and getattr(defense, "name", None) != "none":
         models = []
         for m in range(num_models):
-            torch.manual_seed(seed * 1_000_003 + m)
+            torch.manual_seed(derive_seed(seed, "init", m))
             model = model_fn()
             idx = torch.as_tensor(np.flatnonzero(inclusion[m]))
             cfg = _reseed(config, m)
@@ -144,7 +145,7 @@ def train_shadow_models(
         for start in range(0, num_models, per_stack):
             part = train_shadow_models(
                 model_fn, features, labels, inclusion[start : start + per_stack], _reseed(config, start),
-                num_classes=num_classes, seed=seed * 7 + start,
+                num_classes=num_classes, seed=derive_seed(seed, "stack", start),
                 masks=None if masks is None else [None if k is None else k[start : start + per_stack] for k in masks],
             )
             stacks.extend(part.stack.to_modules() if isinstance(part.stack, StackedModel) else [part.stack])
@@ -162,7 +163,7 @@ def train_shadow_models(
         if prune_finetune_epochs > 0:
             from dataclasses import replace
 
-            finetune = replace(config, epochs=prune_finetune_epochs, seed=config.seed + 1)
+            finetune = replace(config, epochs=prune_finetune_epochs, seed=derive_seed(config.seed, "finetune"))
             fit_stacked(stack, features, labels, inclusion, finetune, num_classes=num_classes)
     return ShadowModels(stack, None, inclusion)
 
@@ -194,7 +195,7 @@ def magnitude_prune_stacked(stack: StackedModel, sparsity: float, **plan_kwargs)
 def _reseed(config: TrainConfig, offset: int) -> TrainConfig:
     from dataclasses import replace
 
-    return replace(config, seed=config.seed * 10_007 + offset)
+    return replace(config, seed=derive_seed(config.seed, "model", offset))
 
 
 @torch.no_grad()

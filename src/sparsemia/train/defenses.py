@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from sparsemia.prune.admm import DEFAULT_RHO, DEFAULT_ROUNDS
+from sparsemia.seeds import derive_seed
 from sparsemia.train.trainer import TrainConfig, fit
 
 __all__ = [
@@ -244,7 +245,7 @@ class Pruning:
         if self.method == "magnitude":
             prune.magnitude(model, sparsity=self.sparsity, scope=self.scope)
             if self.finetune_epochs > 0:
-                ft = replace(config, epochs=self.finetune_epochs, seed=config.seed + 1)
+                ft = replace(config, epochs=self.finetune_epochs, seed=derive_seed(config.seed, "finetune"))
                 fit(model, features, labels, ft, extra_loss=extra, num_classes=num_classes)
         else:
             loader = _batches(features, labels, config)
@@ -270,7 +271,7 @@ class _batches:
         self._epoch = 0
 
     def __iter__(self):
-        gen = torch.Generator().manual_seed(self.config.seed * 7919 + self._epoch)
+        gen = torch.Generator().manual_seed(derive_seed(self.config.seed, "admm-batches", self._epoch))
         self._epoch += 1
         order = torch.randperm(self.features.shape[0], generator=gen)
         for s in range(0, order.numel(), self.config.batch_size):

@@ -16,7 +16,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from sparsemia.prune.finetune import ExtraLoss
+from sparsemia.seeds import derive_seed
 
 __all__ = [
     "TrainConfig",
@@ -41,9 +44,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``extra_loss(model, inputs, targets, outputs) -> scalar tensor`` added to the training loss."""
 
 _OPTIMIZERS = ("sgd", "adam")
 _SCHEDULES = ("constant", "step", "cosine")
@@ -256,8 +256,9 @@ def fit(
         n = features.shape[0]
         augment = config.augment and features.dim() == 4
         for epoch in range(start, config.epochs):
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            torch.manual_seed(config.seed * 100_003 + epoch)  # dropout etc.
+            epoch_seed = derive_seed(config.seed, "epoch", epoch)
+            generator = torch.Generator().manual_seed(epoch_seed)
+            torch.manual_seed(epoch_seed)  # dropout etc.
             order = torch.randperm(n, generator=generator)
             model.train()
             total_loss, correct = 0.0, 0
@@ -346,8 +347,9 @@ def fit_stacked(
         history, start = _resume(ckpt, config, model, optimizer, scheduler)
         augment = config.augment and features.dim() == 4
         for epoch in range(start, config.epochs):
-            generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-            torch.manual_seed(config.seed * 100_003 + epoch)
+            epoch_seed = derive_seed(config.seed, "epoch", epoch)
+            generator = torch.Generator().manual_seed(epoch_seed)
+            torch.manual_seed(epoch_seed)
             # one order per model; cycled so that every model has steps * batch indices
             orders = []
             for idx in per_model:
