@@ -313,6 +313,8 @@ def fit_stacked(
     *,
     num_classes: int | None = None,
     checkpoint_path: str | Path | None = None,
+    extra_loss: ExtraLoss | None = None,
+    epoch_end: Callable[[int], None] | None = None,
 ) -> TrainHistory:
     """Train a stacked model (:class:`~sparsemia.nn.stacked.StackedModel` or ``FunctionalStack``).
 
@@ -329,6 +331,10 @@ def fit_stacked(
 
     Args:
         subsets: boolean inclusion matrix ``[M, N]`` or a list of ``M`` index arrays.
+        extra_loss: ``callable(model, inputs [M, b, ...], targets [M, b], outputs [M, b, C]) -> scalar``
+            added to the loss every step: the sum over models of each model's own term
+            (a stacked Min-Max adversary's gain, an ADMM penalty).
+        epoch_end: ``callable(epoch)`` run after each epoch (an ADMM round's projection and dual update).
     """
     _check_data(features, labels)
     num_models = int(model.num_models)
@@ -370,12 +376,16 @@ def fit_stacked(
                     outputs.reshape(-1, outputs.shape[-1]), targets.reshape(-1), reduction="none"
                 ).view(num_models, -1).mean(1)
                 loss = per_model_loss.sum()
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model, inputs, targets, outputs).reshape(())
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 total_loss += float(per_model_loss.detach().mean())
                 correct += int((outputs.detach().argmax(-1) == targets).sum())
             scheduler.step()
+            if epoch_end is not None:
+                epoch_end(epoch)
             history.loss.append(total_loss / steps)
             history.accuracy.append(correct / (steps * batch * num_models))
             if ckpt is not None:
