@@ -51,6 +51,7 @@ ALIASES = {
     "lira_online_fixed_variance": "lira_online_fixed_var",
     "lira_offline_fixed_variance": "lira_offline_fixed_var",
     "rmia_online": "rmia",
+    "shadow_model": "shadow",
 }
 
 
