@@ -12,6 +12,7 @@ def test_same_purpose_same_seed_and_range():
     assert derive_seed(3, "shadow", "admm", 2) == derive_seed(3, "shadow", "admm", 2)
     seeds = [derive_seed(r, "x", i) for r in range(4) for i in range(50)]
     assert all(0 <= s < 2**63 for s in seeds)
+    assert all(0 <= derive_seed(r, "x", bits=32) < 2**32 for r in range(50))
 
 
 def test_streams_of_other_roots_and_purposes_do_not_collide():

@@ -40,17 +40,20 @@ def _key(part: Purpose) -> int:
     return int(part)
 
 
-def derive_seed(root: int, *purpose: Purpose) -> int:
-    """A seed in ``[0, 2**63)`` for ``purpose`` under the root seed ``root``.
+def derive_seed(root: int, *purpose: Purpose, bits: int = 63) -> int:
+    """A seed in ``[0, 2**bits)`` for ``purpose`` under the root seed ``root``.
 
     Independent of every other ``(root, purpose)`` pair; use it for
-    ``torch.manual_seed``, ``torch.Generator().manual_seed`` or a ``TrainConfig``'s seed.
+    ``torch.manual_seed``, ``torch.Generator().manual_seed`` or a ``TrainConfig``'s seed
+    (``bits=32`` for APIs that take 32-bit seeds, such as scikit-learn's ``random_state``).
     """
     if isinstance(root, bool) or not isinstance(root, int | np.integer) or root < 0:
         raise ValueError(f"root: expected a non-negative integer seed, got {root!r}")
+    if not 1 <= bits <= 63:
+        raise ValueError(f"bits: expected 1..63, got {bits}")
     sequence = np.random.SeedSequence(int(root), spawn_key=tuple(_key(p) for p in purpose))
     low, high = sequence.generate_state(2, np.uint32)
-    return (int(high) << 32 | int(low)) >> 1
+    return (int(high) << 32 | int(low)) >> (64 - bits)
 
 
 def rng(root: int, *purpose: Purpose) -> np.random.Generator:

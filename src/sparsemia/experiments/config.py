@@ -132,9 +132,9 @@ class ExperimentConfig:
                               admm_rounds=self.admm_rounds, admm_rho=self.admm_rho, lam=self.minmax_lambda,
                               k=self.minmax_k)
 
-    def seed_for(self, *purpose: Purpose) -> int:
+    def seed_for(self, *purpose: Purpose, bits: int = 63) -> int:
         """The seed of ``purpose`` in this experiment (see :func:`sparsemia.seeds.derive_seed`)."""
-        return derive_seed(self.seed, *purpose)
+        return derive_seed(self.seed, *purpose, bits=bits)
 
     def train_config(self, *purpose: Purpose):
         """The training config; its seed is the one of ``("train", *purpose)``."""

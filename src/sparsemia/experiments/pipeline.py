@@ -372,7 +372,7 @@ def _run_attacks(cfg, run, data, splits, defense_name, universe, test) -> None:
         population_logits=predict_logits(model, x[torch.as_tensor(test)]).double().numpy(),
         population_labels=y[torch.as_tensor(test)].numpy(),
         shadow_population_logits=shadow_logits[:, u:].astype(np.float64),
-        seed=cfg.seed_for("attack-model"),
+        seed=cfg.seed_for("attack-model", bits=32),  # scikit-learn's random_state is 32-bit
     )
     for name in todo:
         result = run_attack(name, inputs)
