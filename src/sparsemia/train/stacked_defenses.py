@@ -33,7 +33,7 @@ from torch import nn
 
 from sparsemia.nn.stacked import StackedModel, stack_models
 from sparsemia.seeds import derive_seed
-from sparsemia.train.defenses import DEFENSES, InferenceModel, DefenseOptions, canonical_defense
+from sparsemia.train.defenses import DEFENSES, DefenseOptions, InferenceModel, canonical_defense
 from sparsemia.train.trainer import TrainConfig, fit_stacked
 
 __all__ = ["StackedMinMax", "train_stacked_defense", "stacked_masks"]
