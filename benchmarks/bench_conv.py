@@ -159,7 +159,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="five layer shapes, three runs")
     args = parser.parse_args()
     runs = 3 if args.quick else args.runs
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU ISA {sm.ops._C.get_cpu_isa()}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU ISA {sm.ops.extension.module().get_cpu_isa()}")
     if args.part in ("layers", "all"):
         bench_layers(QUICK_LAYERS if args.quick else LAYERS, args.sparsity, args.batch, runs)
     if args.part in ("models", "all"):

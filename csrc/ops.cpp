@@ -1,6 +1,8 @@
 // Every sparsemia operator schema, in one place. Each device registers its
 // implementations beside its kernels (cpu/, cuda/); Python adds fake kernels
-// and autograd (src/sparsemia/ops.py).
+// and autograd (src/sparsemia/ops/: matmul.py, conv.py, stacked.py). The Triton
+// operators (sparsemia::triton_*) are declared with triton_op in
+// src/sparsemia/ops/backends/triton.py, where torch.compile can trace into them.
 //
 // Conventions: CSR weights are (crow [M+1], col [nnz], values [nnz]); BSR
 // weights are (crow [M/R+1], col [nblocks] block-columns, values [nblocks, R, C]).

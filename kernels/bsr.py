@@ -5,12 +5,11 @@ A BSR weight is ``crow [Mb+1]``, ``col [nblocks]`` (block columns, sorted) and
 are each 16, 32, 64 or 128, the sizes ``tl.dot`` tiles well. Products are
 accumulated in fp32 (fp64 for fp64 inputs) and rounded once at the end.
 
-Ops (under ``torch.ops.sparsemia``, with fake kernels and autograd):
+Launchers (the ``torch.ops.sparsemia.triton_bsr_*`` operators that call them, with their
+autograd, are in :mod:`sparsemia.ops.backends.triton`):
 
-* ``triton_bsr_spmm(crow, col, values, x [Kb*C, N], bias?) -> [Mb*R, N]``: ``W @ x``.
-* ``triton_bsr_linear(x [B, Kb*C], crow, col, values, bias?) -> [B, Mb*R]``: ``x @ W^T``.
-* ``triton_bsr_sddmm(crow, col, a [Mb*R, N], b [Kb*C, N], R, C) -> [nblocks, R, C]``:
-  ``(a @ b^T)`` at the stored blocks only, the weight gradient.
+* :func:`bsr_mm`: ``Y = W @ X`` for X, Y given by strides (so ``x @ W^T`` needs no copies).
+* :func:`bsr_sddmm`: ``(a @ b^T)`` at the stored blocks only, the weight gradient.
 """
 
 from __future__ import annotations
@@ -18,23 +17,14 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import configs, dot_precision, interpreter_upcast
-from ._pattern import transpose_pattern
+from .common import acc_dtype, block_row_of, configs, dot_precision, interpreter_upcast
+
+__all__ = ["BLOCK_SIZES", "bsr_mm", "bsr_sddmm"]
 
 BLOCK_SIZES = (16, 32, 64, 128)
 
-_TL_DTYPES = {
-    torch.float16: tl.float16,
-    torch.bfloat16: tl.bfloat16,
-    torch.float32: tl.float32,
-    torch.float64: tl.float64,
-}
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 # Grid: axis 0 walks block rows (fastest), axis 1 column tiles of the output, so
@@ -90,14 +80,7 @@ def _bsr_sddmm_kernel(
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
-    lo = 0
-    hi = n_block_rows - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if tl.load(crow_ptr + mid) <= p:
-            lo = mid
-        else:
-            hi = mid - 1
+    lo = block_row_of(crow_ptr, p, n_block_rows)
     kb = tl.load(col_ptr + p).to(tl.int64)
     offs_r = tl.arange(0, R)
     offs_c = tl.arange(0, C)
@@ -118,11 +101,12 @@ def _bsr_sddmm_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty))
 
 
-def _launch_mm(
+def bsr_mm(
     crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None,
     y: torch.Tensor, x_strides: tuple[int, int], y_strides: tuple[int, int], n: int,
 ) -> None:
-    """y = W @ X with X, Y given by (row, column) strides (so x^T and y^T need no copies)."""
+    """Y = W @ X (+ bias per row) into ``y``, X and Y given by (row, column) strides over ``n``
+    columns; ``values [nblocks, R, C]`` contiguous."""
     n_block_rows = crow.numel() - 1
     R, C = values.shape[1], values.shape[2]
     if n_block_rows == 0 or n == 0:
@@ -135,104 +119,26 @@ def _launch_mm(
         crow, col, values, x, bias if bias is not None else values, y,
         n,
         x_strides[0], x_strides[1], y_strides[0], y_strides[1],
-        R=R, C=C, HAS_BIAS=bias is not None, ACC=_acc_dtype(values.dtype), PRECISION=dot_precision(values.dtype),
+        R=R, C=C, HAS_BIAS=bias is not None, ACC=acc_dtype(values.dtype), PRECISION=dot_precision(values.dtype),
         UPCAST=interpreter_upcast(values.dtype),
     )
 
 
-@triton_op("sparsemia::triton_bsr_spmm", mutates_args=())
-def bsr_spmm(
-    crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``W @ x`` for BSR ``W`` (``values [nblocks, R, C]``), ``x [Kb*C, N]`` any strides -> ``[Mb*R, N]``.
-
-    ``bias [Mb*R]`` (optional) is added to every column. Inputs share one float dtype.
-    """
-    rows = (crow.shape[0] - 1) * values.shape[1]
-    y = x.new_empty(rows, x.shape[1])
-    _launch_mm(crow, col, values.contiguous(), x, bias, y, (x.stride(0), x.stride(1)), (y.stride(0), y.stride(1)), x.shape[1])
-    return y
-
-
-@triton_op("sparsemia::triton_bsr_linear", mutates_args=())
-def bsr_linear(
-    x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``x @ W^T (+ bias)`` for ``x [B, Kb*C]`` any strides, BSR ``W`` -> ``[B, Mb*R]``; ``bias [Mb*R]``."""
-    rows = (crow.shape[0] - 1) * values.shape[1]
-    y = x.new_empty(x.shape[0], rows)
-    # y^T = W @ x^T: read x and write y through swapped strides.
-    _launch_mm(crow, col, values.contiguous(), x, bias, y, (x.stride(1), x.stride(0)), (y.stride(1), y.stride(0)), x.shape[0])
-    return y
-
-
-@triton_op("sparsemia::triton_bsr_sddmm", mutates_args=())
-def bsr_sddmm(crow: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor, R: int, C: int) -> torch.Tensor:
-    """``(a @ b^T)`` at the stored blocks: ``a [Mb*R, N]``, ``b [Kb*C, N]`` any strides -> ``[nblocks, R, C]``.
-
-    Block ``p`` of the result is ``a[r*R:(r+1)*R] @ b[k*C:(k+1)*C]^T`` with ``r`` its
-    block row and ``k = col[p]``; ``crow`` starts at 0.
-    """
-    out = a.new_empty(col.shape[0], R, C)
+def bsr_sddmm(crow: torch.Tensor, col: torch.Tensor, a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> None:
+    """``out [nblocks, R, C]`` = ``(a @ b^T)`` at the stored blocks: ``a [Mb*R, N]``, ``b [Kb*C, N]``
+    any strides. Block ``p`` is ``a[r*R:(r+1)*R] @ b[k*C:(k+1)*C]^T`` with ``r`` its block row and
+    ``k = col[p]``; ``crow`` starts at 0."""
     nblocks, n_block_rows = col.shape[0], crow.shape[0] - 1
+    R, C = out.shape[1], out.shape[2]
     if nblocks == 0:
-        return out
+        return
     if a.shape[1] == 0:
-        return out.zero_()
+        out.zero_()
+        return
     wrap_triton(_bsr_sddmm_kernel)[(nblocks,)](
         crow, col, a, b, out,
         n_block_rows, a.shape[1],
         a.stride(0), a.stride(1), b.stride(0), b.stride(1),
-        R=R, C=C, ACC=_acc_dtype(a.dtype), PRECISION=dot_precision(a.dtype),
+        R=R, C=C, ACC=acc_dtype(a.dtype), PRECISION=dot_precision(a.dtype),
         UPCAST=interpreter_upcast(a.dtype),
     )
-    return out
-
-
-def _transposed(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, n_block_cols: int):
-    crow_t, col_t, perm = transpose_pattern(crow, col, n_block_cols)
-    return crow_t, col_t, values[perm].transpose(1, 2).contiguous()
-
-
-def _save_spmm(ctx, inputs, output) -> None:
-    crow, col, values, x, bias = inputs
-    ctx.save_for_backward(crow, col, values, x)
-    ctx.has_bias = bias is not None
-
-
-def _spmm_backward(ctx, grad: torch.Tensor):
-    crow, col, values, x = ctx.saved_tensors
-    R, C = values.shape[1], values.shape[2]
-    grad_values = grad_x = grad_bias = None
-    if ctx.needs_input_grad[3]:
-        crow_t, col_t, values_t = _transposed(crow, col, values, x.shape[0] // C)
-        grad_x = bsr_spmm(crow_t, col_t, values_t, grad, None)
-    if ctx.needs_input_grad[2]:
-        grad_values = bsr_sddmm(crow, col, grad, x, R, C)
-    if ctx.has_bias and ctx.needs_input_grad[4]:
-        grad_bias = grad.sum(1)
-    return None, None, grad_values, grad_x, grad_bias
-
-
-def _save_linear(ctx, inputs, output) -> None:
-    x, crow, col, values, bias = inputs
-    ctx.save_for_backward(x, crow, col, values)
-    ctx.has_bias = bias is not None
-
-
-def _linear_backward(ctx, grad: torch.Tensor):
-    x, crow, col, values = ctx.saved_tensors
-    R, C = values.shape[1], values.shape[2]
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        crow_t, col_t, values_t = _transposed(crow, col, values, x.shape[1] // C)
-        grad_x = bsr_linear(grad, crow_t, col_t, values_t, None)
-    if ctx.needs_input_grad[3]:
-        grad_values = bsr_sddmm(crow, col, grad.t(), x.t(), R, C)
-    if ctx.has_bias and ctx.needs_input_grad[4]:
-        grad_bias = grad.sum(0)
-    return grad_x, None, None, grad_values, grad_bias
-
-
-bsr_spmm.register_autograd(_spmm_backward, setup_context=_save_spmm)
-bsr_linear.register_autograd(_linear_backward, setup_context=_save_linear)

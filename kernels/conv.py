@@ -13,18 +13,13 @@ stride, padding and dilation, masked where it falls into the padding) and
 multiplies it with the ``R x C`` block on tensor cores, accumulating in fp32
 (fp64 for fp64 inputs).
 
-Backward: the weight gradient is a Triton kernel too, one program per stored
-block (``grad_out[rows] @ patches[cols]^T`` over all output pixels, patches
-gathered the same way), so it exists only at the stored blocks. The input
-gradient is ``torch.nn.grad.conv2d_input`` on the dense weight rebuilt from the
-blocks (cuDNN on a GPU): exact, but it does not exploit the sparsity.
+The weight gradient is a Triton kernel too, one program per stored block
+(``grad_out[rows] @ patches[cols]^T`` over all output pixels, patches gathered
+the same way), so it exists only at the stored blocks.
 
-Ops (under ``torch.ops.sparsemia``, with autograd):
-
-* ``triton_bsr_conv2d(x, crow, col, values, bias?, kernel_size, stride, padding, dilation, cout)``
-  -> ``[B, Cout, Ho, Wo]``.
-* ``triton_bsr_conv2d_weight_grad(x, grad_out, crow, col, R, C, kernel_size, stride, padding, dilation)``
-  -> ``[nblocks, R, C]``.
+Launchers :func:`bsr_conv2d` and :func:`bsr_conv2d_weight_grad`; the
+``torch.ops.sparsemia.triton_bsr_conv2d*`` operators that call them, with their
+autograd, are in :mod:`sparsemia.ops.backends.triton`.
 """
 
 from __future__ import annotations
@@ -32,24 +27,13 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from sparsemia.formats import SparseWeight
+from .common import acc_dtype, block_row_of, configs, dot_precision, interpreter_upcast
 
-from ._common import FLOAT_DTYPES, configs, device_reason, dot_precision, interpreter_upcast
+__all__ = ["BLOCK_SIZES", "bsr_conv2d", "bsr_conv2d_weight_grad"]
 
 BLOCK_SIZES = (16, 32, 64)
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
-def _out_size(h: int, w: int, kernel, stride, padding, dilation) -> tuple[int, int]:
-    return (
-        (h + 2 * padding[0] - dilation[0] * (kernel[0] - 1) - 1) // stride[0] + 1,
-        (w + 2 * padding[1] - dilation[1] * (kernel[1] - 1) - 1) // stride[1] + 1,
-    )
 
 
 @triton.jit
@@ -134,14 +118,7 @@ def _conv_wgrad_kernel(
     ACC: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
-    lo = 0
-    hi = n_block_rows - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if tl.load(crow_ptr + mid) <= p:
-            lo = mid
-        else:
-            hi = mid - 1
+    lo = block_row_of(crow_ptr, p, n_block_rows)
     kb = tl.load(col_ptr + p)
     offs_r = tl.arange(0, R)
     offs_c = tl.arange(0, C)
@@ -171,124 +148,55 @@ def _conv_wgrad_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty))
 
 
-@triton_op("sparsemia::triton_bsr_conv2d", mutates_args=())
 def bsr_conv2d(
     x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
-    kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int], cout: int,
-) -> torch.Tensor:
-    """``F.conv2d(x, W, bias, stride, padding, dilation)`` for ``x [B, Cin, H, W]`` (any strides) and the
-    BSR weight ``W [cout, Cin, *kernel_size]`` (``values [nblocks, R, C]``); ``bias [cout]`` or None."""
-    B, _, H, W = x.shape
-    kh, kw = kernel_size
-    oh, ow = _out_size(H, W, kernel_size, stride, padding, dilation)
-    y = x.new_empty(B, cout, oh, ow)
+    y: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int], dilation: list[int],
+) -> None:
+    """``F.conv2d(x, W, bias, stride, padding, dilation)`` into ``y [B, Cout, Ho, Wo]`` for ``x [B, Cin, H, W]``
+    (any strides) and the BSR weight ``W [Cout, Cin, *kernel]`` (``values [nblocks, R, C]`` contiguous)."""
+    B, cin, H, W = x.shape
+    _, cout, oh, ow = y.shape
+    kh, kw = kernel
     R, C = values.shape[1], values.shape[2]
     n_block_rows = crow.shape[0] - 1
     npix = B * oh * ow
     if n_block_rows == 0 or npix == 0:
-        return y
-    values = values.contiguous()
+        return
 
     def grid(meta):
         return (n_block_rows, triton.cdiv(npix, meta["BLOCK_N"]))
 
     wrap_triton(_conv_fwd_kernel)[grid](
         x, crow, col, values, bias if bias is not None else values, y,
-        cout, H, W, oh, ow, npix, x.shape[1] * kh * kw,
+        cout, H, W, oh, ow, npix, cin * kh * kw,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kh, KW=kw, R=R, C=C, HAS_BIAS=bias is not None, ACC=_acc_dtype(values.dtype),
+        KH=kh, KW=kw, R=R, C=C, HAS_BIAS=bias is not None, ACC=acc_dtype(values.dtype),
         PRECISION=dot_precision(values.dtype), UPCAST=interpreter_upcast(values.dtype),
     )
-    return y
 
 
-@triton_op("sparsemia::triton_bsr_conv2d_weight_grad", mutates_args=())
 def bsr_conv2d_weight_grad(
-    x: torch.Tensor, grad_out: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, R: int, C: int,
-    kernel_size: list[int], stride: list[int], padding: list[int], dilation: list[int],
-) -> torch.Tensor:
-    """d loss / d values of :func:`bsr_conv2d` at the stored blocks: ``[nblocks, R, C]``."""
-    B, _, H, W = x.shape
-    kh, kw = kernel_size
+    x: torch.Tensor, grad_out: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, out: torch.Tensor,
+    kernel: list[int], stride: list[int], padding: list[int], dilation: list[int],
+) -> None:
+    """d loss / d values of the convolution at the stored blocks into ``out [nblocks, R, C]``."""
+    B, cin, H, W = x.shape
+    kh, kw = kernel
     _, cout, oh, ow = grad_out.shape
-    out = x.new_empty(col.shape[0], R, C)
+    R, C = out.shape[1], out.shape[2]
     npix = B * oh * ow
     if col.shape[0] == 0:
-        return out
+        return
     if npix == 0:
-        return out.zero_()
+        out.zero_()
+        return
     wrap_triton(_conv_wgrad_kernel)[(col.shape[0],)](
         x, grad_out, crow, col, out,
-        crow.shape[0] - 1, cout, H, W, oh, ow, npix, x.shape[1] * kh * kw,
+        crow.shape[0] - 1, cout, H, W, oh, ow, npix, cin * kh * kw,
         x.stride(0), x.stride(1), x.stride(2), x.stride(3),
         grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), grad_out.stride(3),
         stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1],
-        KH=kh, KW=kw, R=R, C=C, ACC=_acc_dtype(x.dtype),
+        KH=kh, KW=kw, R=R, C=C, ACC=acc_dtype(x.dtype),
         PRECISION=dot_precision(x.dtype), UPCAST=interpreter_upcast(x.dtype),
     )
-    return out
-
-
-def _setup(ctx, inputs, output) -> None:
-    x, crow, col, values, bias, kernel_size, stride, padding, dilation, cout = inputs
-    ctx.save_for_backward(x, crow, col, values)
-    ctx.params = (list(kernel_size), list(stride), list(padding), list(dilation), cout)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad: torch.Tensor):
-    x, crow, col, values = ctx.saved_tensors
-    kernel, stride, padding, dilation, cout = ctx.params
-    R, C = values.shape[1], values.shape[2]
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        shape = (cout, x.shape[1], kernel[0], kernel[1])
-        dense = SparseWeight("bsr", shape, values, crow, col, block=(R, C), validate=False).to_dense()
-        grad_x = torch.nn.grad.conv2d_input(x.shape, dense, grad, stride, padding, dilation)
-    if ctx.needs_input_grad[3]:
-        grad_values = bsr_conv2d_weight_grad(x, grad, crow, col, R, C, kernel, stride, padding, dilation)
-    if ctx.has_bias and ctx.needs_input_grad[4]:
-        grad_bias = grad.sum((0, 2, 3))
-    return grad_x, None, None, grad_values, grad_bias, None, None, None, None, None
-
-
-bsr_conv2d.register_autograd(_backward, setup_context=_setup)
-
-
-# ---------------------------------------------------------------- sparse_conv2d backend
-
-
-def _conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    return bsr_conv2d(x, w.crow_indices, w.col_indices, w.values, bias, list(w.shape[2:]), list(stride),
-                      list(padding), list(dilation), w.shape[0])
-
-
-def _supports(x, w, bias, stride, padding, dilation, groups) -> str | None:
-    reason = device_reason(x, w.values, bias)
-    if reason:
-        return reason
-    if w.format != "bsr":
-        return f"the triton convolution takes BSR weights, not {w.format}"
-    if w.block[0] not in BLOCK_SIZES or w.block[1] not in BLOCK_SIZES:
-        return f"BSR block {w.block}: the triton convolution takes sides in {BLOCK_SIZES}"
-    if w.dtype not in FLOAT_DTYPES:
-        return f"dtype {w.dtype} is not supported"
-    if groups != 1:
-        return f"the triton convolution takes groups=1, got groups={groups}"
-    return None
-
-
-def _priority(x, w, *_args) -> float:
-    # Not measured yet on a GPU: chosen automatically only for clearly sparse block
-    # patterns, where skipping 3/4 of the work should beat cuDNN on the dense weight.
-    if not x.is_cuda:
-        return -5.0
-    return 25.0 if w.format == "bsr" and w.sparsity >= 0.75 else -2.0
-
-
-def register() -> None:
-    """Register the ``triton`` backend of ``sparse_conv2d`` with :mod:`sparsemia.ops`."""
-    from sparsemia.ops import register_impl
-
-    register_impl("sparse_conv2d", "triton", _conv2d, _supports, priority=_priority)

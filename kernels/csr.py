@@ -6,13 +6,14 @@ pattern) in one launch. One program computes one output row of one model for a
 tile of the batch, gathering ``x[g, b, col[p]]`` for a chunk of the row's
 nonzeros at a time; accumulation is in fp32 (fp64 for fp64).
 
-Ops (under ``torch.ops.sparsemia``, with fake kernels and autograd):
+Launchers (the ``torch.ops.sparsemia.triton_stacked_csr_*`` operators that call them, with
+their autograd, are in :mod:`sparsemia.ops.backends.triton`):
 
-* ``triton_stacked_csr_linear(x [G, B, K], crow [G, M+1], col [nnz], values [nnz], bias [G, M]?) -> [G, B, M]``:
-  ``y[g] = x[g] @ W_g^T + bias[g]``; ``crow[g]`` holds offsets into the shared
-  ``col``/``values``, starting at ``crow[0, 0] == 0``.
-* ``triton_stacked_csr_sddmm(crow, col, grad [G, B, M], x [G, B, K]) -> [nnz]``:
-  ``sum_b grad[g, b, i] * x[g, b, col[p]]`` for each stored entry ``p`` of row ``i`` of model ``g``.
+* :func:`stacked_csr_linear`: ``y[g] = x[g] @ W_g^T + bias[g]`` for ``x [G, B, K]``,
+  ``crow [G, M+1]`` (offsets into the shared ``col``/``values``, starting at
+  ``crow[0, 0] == 0``), ``bias [G, M]``.
+* :func:`stacked_csr_sddmm`: ``sum_b grad[g, b, i] * x[g, b, col[p]]`` for each stored
+  entry ``p`` of row ``i`` of model ``g``.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import configs
-from ._pattern import transpose_pattern
+from .common import acc_dtype, configs
 
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+__all__ = ["stacked_csr_linear", "stacked_csr_sddmm"]
 
 
 @triton.autotune(
@@ -95,17 +93,16 @@ def _csr_sddmm_kernel(
         tl.store(out_ptr + offs_p, acc.to(out_ptr.dtype.element_ty), mask=p_ok)
 
 
-@triton_op("sparsemia::triton_stacked_csr_linear", mutates_args=())
 def stacked_csr_linear(
-    x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None = None
-) -> torch.Tensor:
-    """``y[g] = x[g] @ W_g^T (+ bias[g])``: ``x [G, B, K]`` any strides, ``crow [G, M+1]``,
-    ``col``/``values [nnz]`` shared by the ``G`` patterns, ``bias [G, M]`` -> ``[G, B, M]``."""
+    x: torch.Tensor, crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, bias: torch.Tensor | None,
+    y: torch.Tensor,
+) -> None:
+    """``y[g] = x[g] @ W_g^T (+ bias[g])`` into ``y [G, B, M]``: ``x [G, B, K]`` any strides,
+    ``crow [G, M+1]``, ``col``/``values [nnz]`` shared by the ``G`` patterns, ``bias [G, M]``."""
     G, B, K = x.shape
     M = crow.shape[1] - 1
-    y = x.new_empty(G, B, M)
     if G == 0 or B == 0 or M == 0:
-        return y
+        return
 
     def grid(meta):
         return (M, triton.cdiv(B, meta["BLOCK_B"]), G)
@@ -114,47 +111,24 @@ def stacked_csr_linear(
         x, crow, col, values, bias.contiguous() if bias is not None else values, y,
         B, M, K,
         x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1), y.stride(2),
-        HAS_BIAS=bias is not None, ACC=_acc_dtype(values.dtype),
+        HAS_BIAS=bias is not None, ACC=acc_dtype(values.dtype),
     )
-    return y
 
 
-@triton_op("sparsemia::triton_stacked_csr_sddmm", mutates_args=())
-def stacked_csr_sddmm(crow: torch.Tensor, col: torch.Tensor, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The weight gradient at the stored entries: ``grad [G, B, M]``, ``x [G, B, K]`` -> ``[nnz]``."""
+def stacked_csr_sddmm(
+    crow: torch.Tensor, col: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor
+) -> None:
+    """The weight gradient at the stored entries into ``out [nnz]``: ``grad [G, B, M]``, ``x [G, B, K]``."""
     G, B, K = x.shape
     M = crow.shape[1] - 1
-    out = grad.new_empty(col.shape[0])
     if col.shape[0] == 0:
-        return out
+        return
     if B == 0:
-        return out.zero_()
+        out.zero_()
+        return
     wrap_triton(_csr_sddmm_kernel)[(M, G)](
         grad, x, crow, col, out,
         B, M, K,
         grad.stride(0), grad.stride(1), grad.stride(2), x.stride(0), x.stride(1), x.stride(2),
-        ACC=_acc_dtype(x.dtype),
+        ACC=acc_dtype(x.dtype),
     )
-    return out
-
-
-def _save(ctx, inputs, output) -> None:
-    x, crow, col, values, bias = inputs
-    ctx.save_for_backward(x, crow, col, values)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad: torch.Tensor):
-    x, crow, col, values = ctx.saved_tensors
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        crow_t, col_t, perm = transpose_pattern(crow, col, x.shape[2])
-        grad_x = stacked_csr_linear(grad, crow_t, col_t, values[perm], None)
-    if ctx.needs_input_grad[3]:
-        grad_values = stacked_csr_sddmm(crow, col, grad, x)
-    if ctx.has_bias and ctx.needs_input_grad[4]:
-        grad_bias = grad.sum(1)
-    return grad_x, None, None, grad_values, grad_bias
-
-
-stacked_csr_linear.register_autograd(_backward, setup_context=_save)

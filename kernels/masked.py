@@ -7,29 +7,23 @@ weight without materialising it and skip pruned blocks entirely, forward and
 backward; the weight gradient is zero in pruned blocks, so masked training
 keeps the pattern by construction. ``R`` and ``C`` are each 16, 32, 64 or 128.
 
-Public function: :func:`masked_linear`. Ops (``torch.ops.sparsemia``):
-
-* ``triton_masked_linear(x [B, K], weight [M, K], block_mask, bias [M]?, R, C) -> [B, M]``
-* ``triton_masked_weight_grad(grad [B, M], x [B, K], block_mask, R, C) -> [M, K]``
+Launchers :func:`masked_mm` and :func:`masked_weight_grad`; the public
+:func:`sparsemia.ops.masked_linear` and the ``torch.ops.sparsemia.triton_masked_*``
+operators (with their autograd) are in :mod:`sparsemia.ops`.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import wrap_triton
 
-from ._common import FLOAT_DTYPES, configs, device_reason, dot_precision, interpreter_upcast
+from .common import acc_dtype, configs, dot_precision, interpreter_upcast
 
-__all__ = ["masked_linear", "expand_block_mask"]
+__all__ = ["BLOCK_SIZES", "masked_mm", "masked_weight_grad"]
 
 BLOCK_SIZES = (16, 32, 64, 128)
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 # Y = (W * mask) @ X with every operand given by strides, so y = x @ W^T and its input gradient
@@ -103,18 +97,21 @@ def _masked_weight_grad_kernel(
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=r_ok[:, None] & c_ok[None, :])
 
 
-@triton_op("sparsemia::triton_masked_linear", mutates_args=())
-def _masked_linear_op(
-    x: torch.Tensor, weight: torch.Tensor, block_mask: torch.Tensor, bias: torch.Tensor | None, R: int, C: int
-) -> torch.Tensor:
-    """``x @ (weight * expand(block_mask))^T (+ bias)``: ``x [B, K]``, ``weight [M, K]`` any strides -> ``[B, M]``."""
+def masked_mm(
+    weight: torch.Tensor, block_mask: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None, y: torch.Tensor,
+    R: int, C: int,
+) -> None:
+    """``y [B, M] = x [B, K] @ (weight * expand(block_mask))^T (+ bias)``, every operand any strides."""
     B, K = x.shape
     M = weight.shape[0]
-    y = x.new_empty(B, M)
     if B == 0 or M == 0:
-        return y
+        return
     if K == 0:
-        return y.zero_() if bias is None else y.copy_(bias.expand(B, M))
+        if bias is None:
+            y.zero_()
+        else:
+            y.copy_(bias.expand(B, M))
+        return
     mask = block_mask.view(torch.uint8) if block_mask.dtype == torch.bool else block_mask
 
     def grid(meta):
@@ -126,151 +123,23 @@ def _masked_linear_op(
         M, K, B,
         weight.stride(0), weight.stride(1), mask.stride(0), mask.stride(1),
         x.stride(1), x.stride(0), y.stride(1), y.stride(0),
-        R=R, C=C, HAS_BIAS=bias is not None, ACC=_acc_dtype(x.dtype), PRECISION=dot_precision(x.dtype),
+        R=R, C=C, HAS_BIAS=bias is not None, ACC=acc_dtype(x.dtype), PRECISION=dot_precision(x.dtype),
         UPCAST=interpreter_upcast(x.dtype),
     )
-    return y
 
 
-@triton_op("sparsemia::triton_masked_weight_grad", mutates_args=())
-def _masked_weight_grad_op(grad: torch.Tensor, x: torch.Tensor, block_mask: torch.Tensor, R: int, C: int) -> torch.Tensor:
-    """``(grad^T @ x) * expand(block_mask)``: ``grad [B, M]``, ``x [B, K]`` -> ``[M, K]`` (contiguous)."""
+def masked_weight_grad(
+    grad: torch.Tensor, x: torch.Tensor, block_mask: torch.Tensor, out: torch.Tensor, R: int, C: int
+) -> None:
+    """``out [M, K] (contiguous) = (grad^T @ x) * expand(block_mask)`` for ``grad [B, M]``, ``x [B, K]``."""
     B, M = grad.shape
     K = x.shape[1]
-    out = x.new_empty(M, K)
     if M == 0 or K == 0:
-        return out
+        return
     mask = block_mask.view(torch.uint8) if block_mask.dtype == torch.bool else block_mask
     wrap_triton(_masked_weight_grad_kernel)[(triton.cdiv(M, R), triton.cdiv(K, C))](
         grad, x, mask, out,
         M, K, B,
         grad.stride(0), grad.stride(1), x.stride(0), x.stride(1), mask.stride(0), mask.stride(1),
-        R=R, C=C, ACC=_acc_dtype(x.dtype), PRECISION=dot_precision(x.dtype), UPCAST=interpreter_upcast(x.dtype),
+        R=R, C=C, ACC=acc_dtype(x.dtype), PRECISION=dot_precision(x.dtype), UPCAST=interpreter_upcast(x.dtype),
     )
-    return out
-
-
-def _save(ctx, inputs, output) -> None:
-    x, weight, block_mask, bias, R, C = inputs
-    ctx.save_for_backward(x, weight, block_mask)
-    ctx.block = (R, C)
-    ctx.has_bias = bias is not None
-
-
-def _backward(ctx, grad: torch.Tensor):
-    x, weight, block_mask = ctx.saved_tensors
-    R, C = ctx.block
-    grad_x = grad_w = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        # grad @ (W * mask) = grad @ ((W^T * mask^T))^T: the forward kernel on transposed views.
-        grad_x = _masked_linear_op(grad, weight.t(), block_mask.t(), None, C, R)
-    if ctx.needs_input_grad[1]:
-        grad_w = _masked_weight_grad_op(grad, x, block_mask, R, C)
-    if ctx.has_bias and ctx.needs_input_grad[3]:
-        grad_bias = grad.sum(0)
-    return grad_x, grad_w, None, grad_bias, None, None
-
-
-_masked_linear_op.register_autograd(_backward, setup_context=_save)
-
-
-# --------------------------------------------------------------------------
-# Public function and its backends
-# --------------------------------------------------------------------------
-
-
-def expand_block_mask(block_mask: torch.Tensor, block: tuple[int, int], shape: tuple[int, int]) -> torch.Tensor:
-    """The element mask ``[M, K]`` (bool) of a block mask ``[ceil(M/R), ceil(K/C)]``."""
-    R, C = block
-    M, K = shape
-    return block_mask.bool().repeat_interleave(R, 0).repeat_interleave(C, 1)[:M, :K]
-
-
-def _check(x: torch.Tensor, weight: torch.Tensor, block_mask: torch.Tensor, bias: torch.Tensor | None,
-           block: tuple[int, int]) -> None:
-    for name, t in (("x", x), ("weight", weight), ("block_mask", block_mask)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
-    if weight.dim() != 2:
-        raise ValueError(f"weight: expected a 2-D [M, K] tensor, got shape {tuple(weight.shape)}")
-    M, K = weight.shape
-    if x.dim() < 1 or x.shape[-1] != K:
-        raise ValueError(f"x: expected last dimension {K} (the weight's in_features), got shape {tuple(x.shape)}")
-    if x.dtype != weight.dtype or x.device != weight.device:
-        raise TypeError(f"x: expected dtype {weight.dtype} on {weight.device} (the weight's), got {x.dtype} on {x.device}")
-    if not (isinstance(block, tuple | list) and len(block) == 2 and all(isinstance(b, int) and b >= 1 for b in block)):
-        raise ValueError(f"block: expected (R, C) with positive integers, got {block!r}")
-    R, C = block
-    expected = (-(-M // R), -(-K // C))
-    if tuple(block_mask.shape) != expected or block_mask.device != weight.device:
-        raise ValueError(
-            f"block_mask: expected shape {expected} on {weight.device} for weight {tuple(weight.shape)} and block "
-            f"{tuple(block)}, got {tuple(block_mask.shape)} on {block_mask.device}"
-        )
-    if block_mask.dtype not in (torch.bool, torch.uint8):
-        raise TypeError(f"block_mask: expected a bool or uint8 tensor, got {block_mask.dtype}")
-    if bias is not None and (tuple(bias.shape) != (M,) or bias.dtype != weight.dtype or bias.device != weight.device):
-        raise ValueError(f"bias: expected shape ({M},) with the weight's dtype and device, got {tuple(bias.shape)} {bias.dtype}")
-
-
-def masked_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    block_mask: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    *,
-    block: tuple[int, int],
-    backend: str | None = None,
-) -> torch.Tensor:
-    """``F.linear(x, weight * expand(block_mask), bias)``, skipping pruned blocks.
-
-    Args:
-        x: ``[..., K]``, the weight's dtype and device.
-        weight: dense ``[M, K]`` (any strides).
-        block_mask: ``[ceil(M/R), ceil(K/C)]`` bool (or 0/1 uint8); True keeps a block.
-        bias: ``[M]`` or None.
-        block: ``(R, C)``; the triton backend takes 16, 32, 64 or 128 for each.
-        backend: ``None``/``"auto"``, ``"triton"`` or ``"reference"``.
-
-    Returns:
-        ``[..., M]``. Differentiable with respect to ``x``, ``weight`` (zero in
-        pruned blocks) and ``bias``.
-    """
-    from sparsemia.ops import select_backend
-
-    _check(x, weight, block_mask, bias, block)
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, weight.shape[1])
-    block = (int(block[0]), int(block[1]))
-    y = select_backend("masked_linear", x2, weight, block_mask, bias, block, backend=backend).fn(
-        x2, weight, block_mask, bias, block
-    )
-    return y.reshape(*lead, weight.shape[0])
-
-
-def _reference(x, weight, block_mask, bias, block):
-    return F.linear(x, weight * expand_block_mask(block_mask, block, tuple(weight.shape)), bias)
-
-
-def _triton(x, weight, block_mask, bias, block):
-    return _masked_linear_op(x, weight, block_mask, bias, block[0], block[1])
-
-
-def _triton_supports(x, weight, block_mask, bias, block) -> str | None:
-    reason = device_reason(x, weight, block_mask, bias)
-    if reason is not None:
-        return reason
-    if weight.dtype not in FLOAT_DTYPES:
-        return f"dtype {weight.dtype} is not supported"
-    if block[0] not in BLOCK_SIZES or block[1] not in BLOCK_SIZES:
-        return f"block {tuple(block)}: the triton kernels take sides in {BLOCK_SIZES}"
-    return None
-
-
-def register() -> None:
-    """Register the ``masked_linear`` backends with :mod:`sparsemia.ops`."""
-    from sparsemia.ops import register_impl
-
-    register_impl("masked_linear", "reference", _reference, lambda *a: None, priority=-1)
-    register_impl("masked_linear", "triton", _triton, _triton_supports,
-                  priority=lambda x, *a: 20.0 if x.is_cuda else -5.0)

@@ -129,3 +129,82 @@ def test_from_dense_rejects_bad_arguments():
 
 def test_public_names():
     assert sm.SparseWeight is SparseWeight
+
+
+# ---------------------------------------------------------------- format work
+
+
+@pytest.mark.parametrize("shape", [(7, 13), (16, 16), (5, 2, 3, 3)])
+@pytest.mark.parametrize("fmt,kw", [("csr", {}), ("bsr", {"block": (4, 4)}), ("bsr", {"block": (3, 2)}),
+                                    ("nm", {})])
+def test_csr_view_of_every_format_is_the_dense_matrix(shape, fmt, kw):
+    rows, cols = shape[0], int(torch.tensor(shape[1:]).prod())
+    dense = nm_pruned(rows, 12 if fmt == "nm" else cols) if fmt == "nm" else random_pruned(rows, cols, 0.6)
+    if fmt == "nm":
+        shape = (rows, 12)
+    w = SparseWeight.from_dense(dense.reshape(shape), format=fmt, **kw)
+    crow, col, values = w.csr()
+    csr = SparseWeight("csr", w.matrix_shape, values, crow, col)  # validates the pattern
+    torch.testing.assert_close(csr.to_dense(), dense.reshape(w.matrix_shape), rtol=0, atol=0)
+    again = w.csr()
+    assert again[0] is crow and again[1] is col  # the derived pattern is cached
+
+
+def test_csr_view_of_bsr_is_differentiable_in_the_block_layout():
+    w = SparseWeight.from_dense(random_pruned(6, 10, 0.5), format="bsr", block=(4, 4))
+    values = w.values.clone().requires_grad_()
+    _, _, flat = w.with_values(values).csr()
+    flat.sum().backward()
+    # one for every entry of a stored block inside the logical 6 x 10 shape, zero in the padding
+    block_row = torch.repeat_interleave(torch.arange(2), w.crow_indices.diff().long())
+    rows = block_row[:, None, None] * 4 + torch.arange(4)[None, :, None]
+    cols = w.col_indices.long()[:, None, None] * 4 + torch.arange(4)[None, None, :]
+    torch.testing.assert_close(values.grad, ((rows < 6) & (cols < 10)).float())
+
+
+def test_csr_pattern_cache_follows_in_place_changes_of_the_indices():
+    w = SparseWeight.from_dense(nm_pruned(4, 8), format="nm")
+    w.csr()
+    with torch.no_grad():
+        w.col_indices[0, :2] = torch.tensor([1, 3], dtype=torch.int8)  # another valid 2:4 group, in place
+    fresh = SparseWeight("nm", (4, 8), w.values, None, w.col_indices.clone(), n=2, m=4)
+    assert torch.equal(w.csr()[1], fresh.csr()[1])
+
+
+@pytest.mark.parametrize("fmt,kw", [("csr", {}), ("bsr", {"block": (4, 2)}), ("nm", {})])
+def test_transposed(fmt, kw):
+    dense = nm_pruned(6, 8) if fmt == "nm" else random_pruned(6, 9, 0.6, empty_rows=1)
+    w = SparseWeight.from_dense(dense, format=fmt, **kw)
+    t = w.transposed()
+    assert t.shape == (dense.shape[1], dense.shape[0])
+    SparseWeight(t.format, t.shape, t.values, t.crow_indices, t.col_indices, block=t.block)  # validates
+    torch.testing.assert_close(t.to_dense(), dense.t(), rtol=0, atol=0)
+
+
+def test_transpose_pattern_of_stacked_patterns():
+    weights = [SparseWeight.from_dense(random_pruned(5, 7, s)) for s in (0.3, 1.0, 0.7)]
+    crow, col, values = SparseWeight.stack_csr(weights)
+    crow_t, col_t, perm = sm.formats.transpose_pattern(crow, col, 7)
+    assert crow_t.shape == (3, 8)
+    for g, w in enumerate(weights):
+        start, end = int(crow_t[g, 0]), int(crow_t[g, -1])
+        t = SparseWeight("csr", (7, 5), values[perm][start:end], crow_t[g] - start, col_t[start:end])
+        torch.testing.assert_close(t.to_dense(), w.to_dense().t(), rtol=0, atol=0)
+
+
+def test_stack_csr_rejects_mixed_shapes_and_takes_every_format():
+    a = SparseWeight.from_dense(random_pruned(4, 8, 0.5))
+    b = SparseWeight.from_dense(nm_pruned(4, 8), format="nm")
+    c = SparseWeight.from_dense(random_pruned(4, 8, 0.5), format="bsr", block=(2, 4))
+    crow, col, values = SparseWeight.stack_csr([a, b, c])
+    assert crow.shape == (3, 5) and int(crow[0, 0]) == 0 and int(crow[-1, -1]) == values.numel() == col.numel()
+    with pytest.raises(ValueError, match=r"weights\[1\]"):
+        SparseWeight.stack_csr([a, SparseWeight.from_dense(random_pruned(4, 9, 0.5))])
+    with pytest.raises(ValueError, match="at least one"):
+        SparseWeight.stack_csr([])
+
+
+def test_index_dtype_is_chosen_in_one_place():
+    assert sm.formats.index_dtype(10) is torch.int32
+    assert sm.formats.index_dtype(2**31) is torch.int64
+    assert SparseWeight.from_dense(random_pruned(4, 4, 0.5)).col_indices.dtype is torch.int32

@@ -22,19 +22,72 @@ and ``to_dense()`` gives back the original shape exactly.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["SparseWeight", "FORMATS"]
+__all__ = ["FORMATS", "SparseWeight", "csr_from_coo", "index_dtype", "transpose_pattern"]
 
 FORMATS = ("csr", "bsr", "nm")
 _INDEX_DTYPES = (torch.int32, torch.int64)
 
 
-def _index_dtype(nnz: int) -> torch.dtype:
-    return torch.int32 if nnz < 2**31 - 1 else torch.int64
+def index_dtype(largest: int) -> torch.dtype:
+    """The index dtype of a pattern whose offsets and indices reach ``largest``: int32, or int64
+    past 2**31 - 1 (the one place this choice is made)."""
+    return torch.int32 if largest < 2**31 - 1 else torch.int64
+
+
+def csr_from_coo(
+    row: torch.Tensor, col: torch.Tensor, nrows: int, ncols: int, dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CSR pattern of entries at ``(row, col)`` (distinct positions, any order).
+
+    Returns ``(crow [nrows+1], col [nnz], perm [nnz] int64)``: columns sorted within each
+    row, and entry ``q`` of the CSR is input entry ``perm[q]``. Indices have ``dtype``
+    (default: :func:`index_dtype`). Shapes are static (no data-dependent sizes), so this
+    also runs on fake tensors.
+    """
+    row, col = row.to(torch.int64), col.to(torch.int64)
+    nnz = row.numel()
+    dtype = dtype if dtype is not None else index_dtype(max(nnz, nrows, ncols))
+    perm = torch.argsort(row * max(ncols, 1) + col, stable=True)
+    counts = torch.zeros(nrows, dtype=torch.int64, device=row.device)
+    counts.index_add_(0, row, torch.ones_like(row))
+    crow = torch.zeros(nrows + 1, dtype=torch.int64, device=row.device)
+    crow[1:] = torch.cumsum(counts, 0)
+    return crow.to(dtype), col[perm].to(dtype), perm
+
+
+def transpose_pattern(
+    crow: torch.Tensor, col: torch.Tensor, ncols: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The transpose of one or ``G`` stacked compressed-row patterns, in plain torch (any device).
+
+    Args:
+        crow: ``[R+1]`` or ``[G, R+1]`` row offsets (int32/int64) into ``col``; ``crow``
+            starts at 0 and model ``g``'s entries follow model ``g-1``'s.
+        col: ``[nnz]`` column (or block-column) indices, sorted within each row.
+        ncols: columns (block columns) of each pattern.
+
+    Returns:
+        ``(crow_t, col_t, perm)``: the transposed pattern in ``crow``'s shape convention
+        (``[ncols+1]`` or ``[G, ncols+1]``) with offsets into the same global numbering,
+        sorted columns, and ``perm [nnz]`` (int64) such that entry ``q`` of the transpose
+        is entry ``perm[q]`` of the input. Shapes are static, so this runs on fake tensors.
+    """
+    stacked = crow.dim() == 2
+    crow2 = crow.reshape(-1, crow.shape[-1]).to(torch.int64)
+    groups, rows = crow2.shape[0], crow2.shape[1] - 1
+    counts = (crow2[:, 1:] - crow2[:, :-1]).reshape(-1)
+    row_of = torch.repeat_interleave(torch.arange(groups * rows, device=col.device), counts, output_size=col.numel())
+    model = torch.div(row_of, max(rows, 1), rounding_mode="floor")
+    # Transposed row (model, column) holds entry (model, row): stored model after model.
+    crow_t, col_t, perm = csr_from_coo(model * ncols + col.to(torch.int64), row_of % max(rows, 1), groups * ncols,
+                                       max(rows, 1), crow.dtype)
+    crow_t = crow_t.new_zeros(groups, 1) if ncols == 0 else crow_t.unfold(0, ncols + 1, ncols).contiguous()
+    return (crow_t if stacked else crow_t[0]), col_t, perm
 
 
 def _as_mask(mask: torch.Tensor | None, dense: torch.Tensor) -> torch.Tensor:
@@ -59,7 +112,7 @@ class SparseWeight:
     which the layers use for tensors they already own.
     """
 
-    __slots__ = ("format", "shape", "crow_indices", "col_indices", "values", "block", "n", "m", "_csr_cache")
+    __slots__ = ("format", "shape", "crow_indices", "col_indices", "values", "block", "n", "m", "_derived")
 
     def __init__(
         self,
@@ -82,7 +135,8 @@ class SparseWeight:
         self.block = tuple(block) if block is not None else None
         self.n = n
         self.m = m
-        self._csr_cache: tuple[Any, ...] | None = None
+        # patterns derived from the index tensors (CSR of N:M / BSR), see _pattern()
+        self._derived: dict[str, tuple[Any, ...]] = {}
         if validate:
             self._validate()
 
@@ -124,7 +178,7 @@ class SparseWeight:
         if format == "csr":
             counts = keep.sum(1)
             nnz = int(counts.sum())
-            idt = _index_dtype(nnz)
+            idt = index_dtype(max(nnz, cols))
             crow = torch.zeros(rows + 1, dtype=idt, device=dense.device)
             crow[1:] = torch.cumsum(counts, 0)
             r, c = keep.nonzero(as_tuple=True)
@@ -140,7 +194,7 @@ class SparseWeight:
             block_keep = pkeep.reshape(mp // br, br, kp // bc, bc).any(3).any(1)  # [nbr, nbc]
             counts = block_keep.sum(1)
             nb = int(counts.sum())
-            idt = _index_dtype(nb * br * bc)
+            idt = index_dtype(max(nb * br * bc, kp // bc))
             crow = torch.zeros(mp // br + 1, dtype=idt, device=dense.device)
             crow[1:] = torch.cumsum(counts, 0)
             bi, bj = block_keep.nonzero(as_tuple=True)
@@ -198,8 +252,13 @@ class SparseWeight:
         return 0.0 if total == 0 else 1.0 - min(self.nnz, total) / total
 
     @property
-    def index_dtype(self) -> torch.dtype:
-        return self.col_indices.dtype if self.format != "nm" else torch.int8
+    def padded_shape(self) -> tuple[int, int]:
+        """The stored matrix's shape rounded up to whole blocks (BSR); the matrix shape otherwise."""
+        rows, cols = self.matrix_shape
+        if self.format != "bsr":
+            return rows, cols
+        br, bc = self.block
+        return math.ceil(rows / br) * br, math.ceil(cols / bc) * bc
 
     def nbytes(self) -> int:
         """Bytes of the stored tensors (values and indices)."""
@@ -235,19 +294,104 @@ class SparseWeight:
         return dense.reshape(self.shape)
 
     def csr(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(crow, col, values)`` of the stored entries as CSR (N:M expanded; BSR not supported)."""
+        """``(crow, col, values)`` of the stored entries as CSR of the matrix ``[M, K]``.
+
+        N:M: its kept slots (explicit zeros included); BSR: every entry of the stored blocks
+        (explicit zeros included, padding beyond the logical shape dropped). ``values`` is
+        ``self.values`` or a view / gather of it, so gradients reach ``self.values`` in its own
+        layout. The index tensors of N:M and BSR are derived once per pattern and cached.
+        """
         if self.format == "csr":
             return self.crow_indices, self.col_indices, self.values
         if self.format == "nm":
-            rows, cols = self.matrix_shape
-            if self._csr_cache is None or self._csr_cache[0] is not self.col_indices:
-                per_row = cols * self.n // self.m
-                crow = torch.arange(rows + 1, dtype=torch.int32, device=self.device) * per_row
-                group = torch.arange(per_row, device=self.device) // self.n * self.m
-                col = (group + self.col_indices.to(torch.int64)).to(torch.int32).reshape(-1).contiguous()
-                self._csr_cache = (self.col_indices, crow, col)
-            return self._csr_cache[1], self._csr_cache[2], self.values.reshape(-1)
-        raise ValueError("csr(): a BSR weight has no CSR view; convert with SparseWeight.from_dense(w.to_dense())")
+            crow, col = self._pattern("csr", self._nm_csr_pattern)
+            return crow, col, self.values.reshape(-1)
+        crow, col, order = self._pattern("csr", self._bsr_csr_pattern)
+        return crow, col, self.values.reshape(-1)[order]
+
+    def transposed(self) -> SparseWeight:
+        """The transposed matrix ``[K, M]`` as a 2-D weight: CSR for CSR and N:M, BSR with
+        transposed blocks for BSR (values gathered, so differentiable)."""
+        rows, cols = self.matrix_shape
+        if self.format == "bsr":
+            br, bc = self.block
+            crow_t, col_t, perm = self._pattern(
+                "transposed", lambda: transpose_pattern(self.crow_indices, self.col_indices, math.ceil(cols / bc))
+            )
+            values = self.values[perm].transpose(1, 2).contiguous()
+            return SparseWeight("bsr", (cols, rows), values, crow_t, col_t, block=(bc, br), validate=False)
+        crow, col, values = self.csr()
+        crow_t, col_t, perm = self._pattern("transposed", lambda: transpose_pattern(crow, col, cols))
+        return SparseWeight("csr", (cols, rows), values[perm], crow_t, col_t, validate=False)
+
+    @staticmethod
+    def stack_csr(weights: Sequence[SparseWeight]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``G`` weights of one matrix shape (any formats) as one stacked CSR pattern, the layout
+        of ``torch.ops.sparsemia.stacked_csr_linear``: ``crow [G, M+1]`` (offsets into the shared
+        arrays, model after model), ``col [nnz]``, ``values [nnz]`` (differentiable)."""
+        if not weights:
+            raise ValueError("weights: expected at least one SparseWeight")
+        shape = weights[0].matrix_shape
+        for i, w in enumerate(weights):
+            if not isinstance(w, SparseWeight) or w.matrix_shape != shape:
+                raise ValueError(f"weights[{i}]: expected a SparseWeight of matrix shape {shape}")
+        parts = [w.csr() for w in weights]
+        offsets = [0]
+        for crow, _, _ in parts:
+            offsets.append(offsets[-1] + int(crow[-1]) - int(crow[0]))
+        idt = index_dtype(max(offsets[-1], shape[1]))
+        crow = torch.stack([p[0].to(torch.int64) - p[0][0].to(torch.int64) + offsets[g] for g, p in enumerate(parts)])
+        col = torch.cat([p[1].to(idt) for p in parts])
+        values = torch.cat([p[2] for p in parts])
+        return crow.to(idt), col, values
+
+    def _pattern(self, kind: str, build: Callable[[], tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+        # Derived index tensors, rebuilt only when the index tensors are other objects or
+        # were modified in place (one entry per kind: bounded by the weight's lifetime).
+        sources = (self.crow_indices, self.col_indices)
+        key = tuple(id(t) for t in sources), tuple(-1 if t is None or t.is_inference() else t._version for t in sources)
+        hit = self._derived.get(kind)
+        if hit is not None and hit[0] == key and all(a is b for a, b in zip(hit[1], sources, strict=True)):
+            return hit[2]
+        value = build()
+        if not any(t is not None and t.is_inference() for t in sources) and not torch.compiler.is_compiling():
+            self._derived[kind] = (key, sources, value)
+        return value
+
+    def _nm_csr_pattern(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, cols = self.matrix_shape
+        per_row = cols * self.n // self.m
+        crow = torch.arange(rows + 1, dtype=torch.int32, device=self.device) * per_row
+        group = torch.arange(per_row, device=self.device) // self.n * self.m
+        col = (group + self.col_indices.to(torch.int64)).to(torch.int32).reshape(-1).contiguous()
+        return crow, col
+
+    def _bsr_csr_pattern(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Every entry of every stored block in CSR order (row-major, columns ascending:
+        # blocks are sorted within a block row); ``order`` gathers the values.
+        rows, cols = self.matrix_shape
+        br, bc = self.block
+        dev = self.device
+        crow_b, col_b = self.crow_indices.long(), self.col_indices.long()
+        nblocks, nbr = col_b.numel(), crow_b.numel() - 1
+        per_row = crow_b[1:] - crow_b[:-1]
+        block_row = torch.repeat_interleave(torch.arange(nbr, device=dev), per_row, output_size=nblocks)
+        first = crow_b[block_row]  # first block of each block's block row
+        i = torch.arange(br, device=dev)[None, :, None]
+        j = torch.arange(bc, device=dev)[None, None, :]
+        dest = (first * (br * bc))[:, None, None] + i * (per_row[block_row] * bc)[:, None, None] \
+            + ((torch.arange(nblocks, device=dev) - first) * bc)[:, None, None] + j
+        order = torch.empty(nblocks * br * bc, dtype=torch.int64, device=dev)
+        order[dest.reshape(-1)] = torch.arange(nblocks * br * bc, device=dev)
+        row = (block_row[:, None, None] * br + i).expand(nblocks, br, bc).reshape(-1)[order]
+        col = (col_b[:, None, None] * bc + j).expand(nblocks, br, bc).reshape(-1)[order]
+        if rows % br or cols % bc:
+            keep = (row < rows) & (col < cols)
+            order, row, col = order[keep], row[keep], col[keep]
+        idt = index_dtype(max(col.numel(), cols))
+        crow = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
+        crow[1:] = torch.cumsum(torch.bincount(row, minlength=rows), 0)
+        return crow.to(idt), col.to(idt), order
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> SparseWeight:
         """A copy on ``device`` and/or with floating-point ``dtype`` for the values (indices keep theirs)."""

@@ -8,10 +8,11 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+import sparsemia.kernels as K  # noqa: E402
+
 import sparsemia as sm  # noqa: E402
 from sparsemia.ops import BackendUnavailableError  # noqa: E402
-
-K = pytest.importorskip("sparsemia.kernels")
+from sparsemia.ops.backends import triton as T  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not K.INTERPRET:
@@ -73,7 +74,7 @@ def test_bsr_sddmm_matches_dense_product_at_blocks(dtype):
     w = sm.SparseWeight.from_dense(dense, format="bsr", block=block).to(DEVICE)
     a = torch.randn(48, 20).to(dtype).to(DEVICE)
     b = torch.randn(64, 20).to(dtype).to(DEVICE)
-    out = K.bsr.bsr_sddmm(w.crow_indices, w.col_indices, a, b, *block)
+    out = T.bsr_sddmm(w.crow_indices, w.col_indices, a, b, *block)
     full = a.cpu().double() @ b.cpu().double().t()
     ref = sm.SparseWeight.from_dense(full, mask=dense != 0, format="bsr", block=block).values
     assert out.shape == ref.shape
@@ -101,9 +102,9 @@ def test_bsr_ops_gradcheck():
     x = torch.randn(3, 32, dtype=torch.float64, device=DEVICE, requires_grad=True)
     bias = torch.randn(32, dtype=torch.float64, device=DEVICE, requires_grad=True)
     crow, col = w.crow_indices, w.col_indices
-    assert torch.autograd.gradcheck(lambda x, v, b: K.bsr.bsr_linear(x, crow, col, v, b), (x, values, bias), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda x, v, b: T.bsr_linear(x, crow, col, v, b), (x, values, bias), fast_mode=True)
     xs = torch.randn(32, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda v, x: K.bsr.bsr_spmm(crow, col, v, x, None), (values, xs), fast_mode=True)
+    assert torch.autograd.gradcheck(lambda v, x: T.bsr_spmm(crow, col, v, x, None), (values, xs), fast_mode=True)
 
 
 def test_bsr_opcheck():
@@ -137,26 +138,28 @@ def test_csr_and_nm_match_reference(dtype, fmt):
     assert _rel(sm.ops.spmm(w, x.t(), backend="triton").cpu(), (ref - bias.cpu().double()).t()) < TOL[dtype]
 
 
-def test_stacked_matches_reference_with_gradients():
+def test_stacked_matches_per_model_reference_with_gradients():
     weights = [sm.SparseWeight.from_dense(_unstructured(20, 24, 0.3, torch.float64, seed=g)).to(DEVICE) for g in range(3)]
     x = torch.randn(3, 5, 24, dtype=torch.float64, device=DEVICE, requires_grad=True)
     bias = torch.randn(3, 20, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    values = [w.values.clone().requires_grad_() for w in weights]
-    outs = {}
-    for backend in ("triton", "reference"):
-        ws = [w.with_values(v) for w, v in zip(weights, values, strict=True)]
-        y = sm.ops.stacked_sparse_linear(x, ws, bias, backend=backend)
-        outs[backend] = (y, *torch.autograd.grad((y * y).sum(), (x, bias, *values)))
-    for got, ref in zip(outs["triton"], outs["reference"], strict=True):
-        torch.testing.assert_close(got, ref)
+    crow, col, values = sm.SparseWeight.stack_csr(weights)
+    values = values.clone().requires_grad_()
+    y = T.stacked_csr_linear(x, crow, col, values, bias)
+    dense = [w.with_values(v).to_dense() for w, v in zip(weights, values.split([w.nnz for w in weights]), strict=True)]
+    ref = torch.stack([torch.nn.functional.linear(x[g], dense[g], bias[g]) for g in range(3)])
+    torch.testing.assert_close(y, ref)
+    got = torch.autograd.grad((y * y).sum(), (x, bias, values))
+    want = torch.autograd.grad((ref * ref).sum(), (x, bias, values))
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_stacked_gradcheck_and_opcheck():
     weights = [sm.SparseWeight.from_dense(_unstructured(6, 8, 0.4, torch.float64, seed=g)).to(DEVICE) for g in range(2)]
-    crow, col, values = K.stack_csr(weights)
+    crow, col, values = sm.SparseWeight.stack_csr(weights)
     x = torch.randn(2, 3, 8, dtype=torch.float64, device=DEVICE, requires_grad=True)
     values = values.clone().requires_grad_()
-    op = K.csr.stacked_csr_linear
+    op = T.stacked_csr_linear
     assert torch.autograd.gradcheck(lambda x, v: op(x, crow, col, v, None), (x, values))
     bias = torch.randn(2, 6, dtype=torch.float64, device=DEVICE)
     torch.library.opcheck(
@@ -175,11 +178,11 @@ def test_masked_linear_matches_reference_and_keeps_pruned_blocks_at_zero(dtype):
     bias = torch.randn(40, generator=g).to(dtype).to(DEVICE).requires_grad_()
     res = {}
     for backend in ("triton", "reference"):
-        y = K.masked_linear(x, weight, block_mask, bias, block=block, backend=backend)
+        y = sm.ops.masked_linear(x, weight, block_mask, bias, block=block, backend=backend)
         res[backend] = (y, *torch.autograd.grad(y.float().square().sum(), (x, weight, bias)))
     for got, ref in zip(res["triton"], res["reference"], strict=True):
         assert _rel(got.cpu(), ref.cpu()) < 10 * TOL[dtype]
-    pruned = ~K.expand_block_mask(block_mask, block, (40, 70))
+    pruned = ~sm.ops.expand_block_mask(block_mask, block, (40, 70))
     assert bool((res["triton"][2][pruned] == 0).all())
 
 
@@ -188,19 +191,19 @@ def test_masked_linear_gradcheck_and_validation():
     block_mask = torch.tensor([[True, False], [False, True]], device=DEVICE)
     x = torch.randn(3, 32, dtype=torch.float64, device=DEVICE, requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x, w: K.masked_linear(x, w, block_mask, block=(16, 16), backend="triton"), (x, weight), fast_mode=True
+        lambda x, w: sm.ops.masked_linear(x, w, block_mask, block=(16, 16), backend="triton"), (x, weight), fast_mode=True
     )
     with pytest.raises(ValueError, match="block_mask"):
-        K.masked_linear(x, weight, block_mask[:1], block=(16, 16))
+        sm.ops.masked_linear(x, weight, block_mask[:1], block=(16, 16))
     with pytest.raises(BackendUnavailableError, match="block"):
-        K.masked_linear(x, weight, torch.ones(4, 4, dtype=torch.bool, device=DEVICE), block=(8, 8), backend="triton")
+        sm.ops.masked_linear(x, weight, torch.ones(4, 4, dtype=torch.bool, device=DEVICE), block=(8, 8), backend="triton")
 
 
 def test_transpose_pattern_matches_cpu_operator():
     dense = _unstructured(9, 13, 0.3, torch.float32, seed=7)
     dense[4] = 0
     w = sm.SparseWeight.from_dense(dense)
-    crow_t, col_t, perm = K._pattern.transpose_pattern(w.crow_indices, w.col_indices, 13)
+    crow_t, col_t, perm = sm.formats.transpose_pattern(w.crow_indices, w.col_indices, 13)
     assert torch.equal(crow_t, sm.SparseWeight.from_dense(dense.t().contiguous()).crow_indices)
     assert torch.equal(col_t, sm.SparseWeight.from_dense(dense.t().contiguous()).col_indices)
     assert torch.equal(w.values[perm], sm.SparseWeight.from_dense(dense.t().contiguous()).values)

@@ -9,10 +9,11 @@ import torch.nn.functional as F
 
 triton = pytest.importorskip("triton")
 
+import sparsemia.kernels as K  # noqa: E402
+
 import sparsemia as sm  # noqa: E402
 from sparsemia.ops import BackendUnavailableError  # noqa: E402
-
-K = pytest.importorskip("sparsemia.kernels")
+from sparsemia.ops.backends import triton as T  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not K.INTERPRET:
@@ -100,7 +101,7 @@ def test_gradcheck_and_opcheck():
     values = w.values.clone().requires_grad_()
     bias = torch.randn(16, dtype=torch.float64, device=DEVICE, requires_grad=True)
     params = ([3, 3], [2, 2], [1, 1], [1, 1])
-    op = K.conv.bsr_conv2d
+    op = T.bsr_conv2d
     assert torch.autograd.gradcheck(lambda x, v, b: op(x, crow, col, v, b, *params, 16), (x, values, bias),
                                     fast_mode=True)
     torch.library.opcheck(torch.ops.sparsemia.triton_bsr_conv2d.default,

@@ -100,3 +100,20 @@ def test_bad_arguments():
         SparseLinear.from_dense(nn.Conv2d(1, 1, 1))
     with pytest.raises(TypeError, match="weight: expected a sparsemia.SparseWeight"):
         SparseLinear(torch.randn(3, 3))
+
+
+def test_the_layer_keeps_one_sparse_weight_until_its_tensors_change():
+    layer = SparseLinear.from_dense(pruned_linear(), format="bsr", block=(4, 4))
+    w = layer.weight
+    assert layer.weight is w  # the same object: its derived patterns are built once
+    crow, col, _ = w.csr()
+    assert layer.weight.csr()[0] is crow and layer.weight.csr()[1] is col
+    state = layer.state_dict()
+    assert not any("_weight" in key for key in state)
+    layer.to(torch.float64)  # the values parameter is the same object; still one weight, new dtype
+    assert layer.weight.dtype == torch.float64
+    other = SparseLinear.from_dense(pruned_linear(sparsity=0.5), format="bsr", block=(4, 4))
+    layer.load_state_dict(other.state_dict())  # another number of blocks: new tensors, new weight
+    assert layer.weight is not w
+    x = torch.randn(3, 40, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), other.double()(x))

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import sparsemia as sm
-
-SparseLinear = pytest.importorskip("sparsemia.nn").SparseLinear
+from sparsemia.nn import SparseLinear
 
 
 @pytest.mark.parametrize(

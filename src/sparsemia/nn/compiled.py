@@ -39,8 +39,8 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sparsemia.formats import SparseWeight
-from sparsemia.nn._base import SparseWeightModule
-from sparsemia.nn.convert import _copy, _layer_mask, densify, sparsify
+from sparsemia.nn.base import SparseWeightModule
+from sparsemia.nn.convert import copy_model, densify, layer_mask, sparsify
 
 __all__ = ["compile", "CompiledModel", "LayerChoice"]
 
@@ -319,7 +319,7 @@ def _match_layers(gm: fx.GraphModule, fold_batchnorm: bool) -> list[_Layer]:
             continue
         if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
             continue  # runs as it is
-        weight, mask = _layer_mask(m)
+        weight, mask = layer_mask(m)
         dense = _plain_layer(m, weight)
         layer = _Layer(node.target, dense, node, node, mask=mask)
         nxt = _single_user(node)
@@ -451,7 +451,7 @@ def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: boo
     if any(isinstance(m, SparseWeightModule) for m in model.modules()):
         model = densify(model)  # the pattern is re-read from the zeros
     else:
-        model = _copy(model)
+        model = copy_model(model)
     try:
         gm = fx.GraphModule(model, _Tracer().trace(model))
     except Exception as exc:  # tracing fails on data-dependent control flow and the like

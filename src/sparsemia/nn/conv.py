@@ -8,7 +8,7 @@ from torch import nn
 
 from sparsemia import ops
 from sparsemia.formats import SparseWeight
-from sparsemia.nn._base import SparseWeightModule
+from sparsemia.nn.base import SparseWeightModule
 
 __all__ = ["SparseConv2d"]
 
@@ -87,18 +87,9 @@ class SparseConv2d(SparseWeightModule):
         ``block = (r, c)`` groups ``r`` output channels by ``c`` columns of the
         flattened ``Cin/groups*kh*kw`` kernel.
         """
-        if not isinstance(conv, nn.Conv2d):
-            raise TypeError(f"conv: expected an nn.Conv2d, got {type(conv).__name__}")
-        weight = SparseWeight.from_dense(conv.weight.detach(), mask=mask, format=format, block=block, n=n, m=m)
+        weight, bias = cls._dense_weight(conv, nn.Conv2d, "conv", mask, format, block, n, m)
         return cls(
-            weight,
-            None if conv.bias is None else conv.bias.detach(),
-            conv.stride,
-            conv.padding,
-            conv.dilation,
-            conv.groups,
-            conv.padding_mode,
-            backend=backend,
+            weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups, conv.padding_mode, backend=backend
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from sparsemia.cache import LruCache
 from sparsemia.formats import SparseWeight
 from sparsemia.nn.conv import SparseConv2d
 from sparsemia.nn.linear import SparseLinear
@@ -58,10 +59,11 @@ _LINEAR_ENTRY_COST = 3.0
 # Below this many weights a layer is dominated by per-call overhead; keep it dense.
 _MIN_LINEAR_WEIGHTS = 1 << 14
 
-_TIMING_CACHE: dict[tuple, bool] = {}
+# Per layer shape and input shape: sparse faster than dense? (bounded like every cache here)
+_TIMING_CACHE: LruCache[bool] = LruCache(256)
 
 
-def _layer_mask(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+def layer_mask(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The effective dense weight and the pruning mask (None: zeros are pruned)."""
     if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):  # torch.nn.utils.prune
         mask = module.weight_mask.detach()
@@ -95,9 +97,7 @@ def _measured_faster(module: nn.Module, sparse: nn.Module, x: torch.Tensor, nnz:
     key = (type(module).__name__, tuple(module.weight.shape), tuple(x.shape), x.dtype, round(nnz / module.weight.numel(), 2),
            getattr(module, "stride", None), getattr(module, "padding", None), getattr(module, "dilation", None),
            getattr(module, "groups", None))
-    if key not in _TIMING_CACHE:
-        _TIMING_CACHE[key] = _best_time(sparse, x) < _best_time(module, x)
-    return _TIMING_CACHE[key]
+    return _TIMING_CACHE.get(key, lambda: _best_time(sparse, x) < _best_time(module, x))
 
 
 def _layer_inputs(model: nn.Module, example_input: torch.Tensor, names: list[str]) -> dict[str, torch.Tensor]:
@@ -116,7 +116,8 @@ def _layer_inputs(model: nn.Module, example_input: torch.Tensor, names: list[str
     return inputs
 
 
-def _copy(model: nn.Module) -> nn.Module:
+def copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` that works for models pruned with ``torch.nn.utils.prune``."""
     # torch.nn.utils.prune leaves `weight` as a plain attribute holding a graph
     # non-leaf (weight_orig * weight_mask), which deepcopy refuses: copy it detached.
     memo: dict[int, object] = {}
@@ -158,7 +159,7 @@ class FoldedLayer(nn.Module):
         return f"folded into the previous layer: {self.layer}"
 
 
-def _pool_size(layer: nn.Module) -> int | None:
+def pool_size(layer: nn.Module) -> int | None:
     """k for an ``nn.MaxPool2d`` with kernel = stride = k, no padding or dilation, floor mode."""
     if not isinstance(layer, nn.MaxPool2d) or layer.ceil_mode or layer.return_indices:
         return None
@@ -189,7 +190,7 @@ def fuse_relu_pool(model: nn.Module) -> int:
             ):
                 i += 1
                 continue
-            pool = _pool_size(items[i + 2][1]) if i + 2 < len(items) else None
+            pool = pool_size(items[i + 2][1]) if i + 2 < len(items) else None
             span = 3 if pool is not None else 2
             layer.fused_relu_pool = pool or 1
             for name, folded in items[i + 1 : i + span]:
@@ -234,13 +235,13 @@ def sparsify(
     if format not in ("auto", "csr", "bsr", "nm"):
         raise ValueError(f"format: expected 'auto', 'csr', 'bsr' or 'nm', got {format!r}")
     if not inplace:
-        model = _copy(model)
+        model = copy_model(model)
     fmt = "csr" if format == "auto" else format
     candidates: dict[str, tuple[nn.Module, torch.Tensor, torch.Tensor | None, float]] = {}
     for name, module in model.named_modules():
         if isinstance(module, _SPARSE_TYPES) or not isinstance(module, nn.Linear | nn.Conv2d):
             continue
-        weight, mask = _layer_mask(module)
+        weight, mask = layer_mask(module)
         kept = int((mask if mask is not None else weight != 0).sum())
         density = kept / max(weight.numel(), 1)
         if 1.0 - density >= min_sparsity:
@@ -275,7 +276,7 @@ def densify(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected an nn.Module, got {type(model).__name__}")
     if not inplace:
-        model = _copy(model)
+        model = copy_model(model)
     for name, module in list(model.named_modules()):
         if isinstance(module, _SPARSE_TYPES):
             dense = module.to_dense()

@@ -7,7 +7,7 @@ from torch import nn
 
 from sparsemia import ops
 from sparsemia.formats import SparseWeight
-from sparsemia.nn._base import SparseWeightModule
+from sparsemia.nn.base import SparseWeightModule
 
 __all__ = ["SparseLinear"]
 
@@ -49,10 +49,8 @@ class SparseLinear(SparseWeightModule):
         backend: str | None = None,
     ) -> SparseLinear:
         """Convert ``linear``; entries where ``mask`` is False (default: its zeros) are pruned."""
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
-        weight = SparseWeight.from_dense(linear.weight.detach(), mask=mask, format=format, block=block, n=n, m=m)
-        return cls(weight, None if linear.bias is None else linear.bias.detach(), backend=backend)
+        weight, bias = cls._dense_weight(linear, nn.Linear, "linear", mask, format, block, n, m)
+        return cls(weight, bias, backend=backend)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.sparse_linear(x, self.weight, self.bias, backend=self.backend)

@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsemia.nn.convert import _pool_size
+from sparsemia.cache import TensorCache
+from sparsemia.nn.convert import pool_size
 
 __all__ = [
     "StackedConv2d",
@@ -68,6 +69,8 @@ def _sequential_models() -> tuple[type, ...]:
 # sees few input channels, or when the stacked weight is mostly pruned.
 _SPARSE_KERNEL_MAX_CIN = 16
 _SPARSE_KERNEL_MAX_DENSITY = 0.4
+# Stacked weights as CSR, per weight (and mask) tensor, while unmodified.
+_SPARSE_WEIGHTS: TensorCache = TensorCache(16)
 
 
 class StackedConv2d(nn.Module):
@@ -110,7 +113,7 @@ class StackedConv2d(nn.Module):
         needed), float32/64, the extension loaded, and few input channels or a mostly pruned weight."""
         from sparsemia import ops
 
-        if h.device.type != "cpu" or h.dtype not in (torch.float32, torch.float64) or ops._C is None:
+        if h.device.type != "cpu" or h.dtype not in (torch.float32, torch.float64) or ops.extension.module() is None:
             return False
         if torch.is_grad_enabled() and (h.requires_grad or any(p.requires_grad for p in self.parameters())):
             return False
@@ -124,15 +127,16 @@ class StackedConv2d(nn.Module):
         from sparsemia.formats import SparseWeight
 
         mask = self.mask
-        key = (self.weight.data_ptr(), self.weight._version, self.weight.dtype,
-               None if mask is None else (mask.data_ptr(), mask._version))
-        cached = self.__dict__.get("_sparse_cache")
-        if cached is None or cached[0] != key:
+
+        def build() -> SparseWeight:
             w = self.weight.detach().reshape(-1, self.in_channels, *self.kernel_size)
             m = None if mask is None else mask.reshape(w.shape) != 0
-            cached = (key, SparseWeight.from_dense(w, mask=m, format="csr"))
-            self.__dict__["_sparse_cache"] = cached
-        return cached[1]
+            return SparseWeight.from_dense(w, mask=m, format="csr")
+
+        tensors = [self.weight] + ([] if mask is None else [mask])
+        # data_ptr and dtype: .to() swaps a parameter's data without a new version
+        key = tuple((t.data_ptr(), t.dtype) for t in tensors)
+        return _SPARSE_WEIGHTS.get(tensors, key, build)
 
     def forward_sparse(self, h: torch.Tensor, groups: int, relu_pool: int | None = None) -> torch.Tensor:
         """The convolution on the sparse CPU kernel, ``groups=M`` (per-model inputs) or ``1`` (one
@@ -307,7 +311,7 @@ class StackedModel(nn.Module):
         return h
 
     def _pool_at(self, i: int) -> int | None:
-        return _pool_size(self.layers[i]) if i < len(self.layers) else None
+        return pool_size(self.layers[i]) if i < len(self.layers) else None
 
     def _relu_pool_after(self, i: int) -> int | None:
         """k when layer i is followed by ReLU and a k×k max-pool (1: by a ReLU alone), else None."""

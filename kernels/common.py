@@ -1,4 +1,5 @@
-"""Shared helpers for the Triton kernels: where they may run, dtypes, autotune configs."""
+"""Shared helpers for the Triton kernels: where they may run, dtypes, autotune configs, and the
+``@triton.jit`` helpers more than one kernel calls."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 # Triton runs on CUDA devices; on the CPU only through its interpreter
 # (TRITON_INTERPRET=1), which the tests use. Read once: the kernels below are
@@ -43,3 +45,22 @@ def configs(options: list[dict], warps: tuple[int, ...] = (4, 8), stages: tuple[
         return [triton.Config(options[0], num_warps=4, num_stages=1)]
     return [triton.Config(o, num_warps=w, num_stages=s) for o in options for w in warps for s in stages]
 
+
+
+def acc_dtype(dtype: torch.dtype):
+    """The accumulator of a kernel on ``dtype`` inputs: fp64 for fp64, else fp32."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+@triton.jit
+def block_row_of(crow_ptr, p, n_block_rows):
+    """The block row holding stored block ``p``: a binary search in ``crow`` (which starts at 0)."""
+    lo = 0
+    hi = n_block_rows - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if tl.load(crow_ptr + mid) <= p:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

@@ -1,55 +1,39 @@
-"""Sparse 2-D convolution: the public op, its backends, fake kernels and autograd.
+"""Sparse 2-D convolution: the public ops, and the fake kernels and autograd of the
+``torch.ops.sparsemia.csr_conv2d*`` operators (schemas in ``csrc/ops.cpp``).
 
-This is the convolution section of :mod:`sparsemia.ops`, kept in its own
-module; ``sparsemia.ops`` re-exports :func:`sparse_conv2d`. The weight is a 4-D
-:class:`~sparsemia.SparseWeight` ``[Cout, Cin/groups, kh, kw]`` stored as the
-matrix ``[Cout, Cin/groups*kh*kw]`` (column ``(ci*kh + ky)*kw + kx``).
-
-Backends: ``reference`` (``F.conv2d`` on the dense weight) and ``cpu`` (the
-direct sparse convolution ``torch.ops.sparsemia.csr_conv2d``; CSR and N:M
-weights, and BSR expanded to CSR with the explicit zeros of its stored blocks).
-Autograd of the C++ op: the input gradient is a sparse convolution of the
-(zero-inserted, for stride > 1) output gradient with the transposed,
-flipped sparse weight; the weight gradient is computed only at the stored taps
-(``csr_conv2d_weight_grad``).
+The weight is a 4-D :class:`~sparsemia.SparseWeight` ``[Cout, Cin/groups, kh, kw]`` stored as the
+matrix ``[Cout, Cin/groups*kh*kw]`` (column ``(ci*kh + ky)*kw + kx``). Autograd of the compiled op:
+the input gradient is a sparse convolution of the output gradient with the transposed, flipped
+sparse weight (for stride > 1, one stride-1 convolution per stride phase of the input); the weight
+gradient is computed only at the stored taps (``csr_conv2d_weight_grad``). The derived patterns
+are cached per weight pattern, since a pattern is the same every training step.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from sparsemia.formats import SparseWeight
-from sparsemia.ops import (
-    _C,
-    _CPU_DTYPES,
-    _EXTENSION_ERROR,
-    _below_autograd,
-    _check_bias,
-    _check_operand,
-    _check_weight,
-    register_impl,
+from sparsemia.cache import TensorCache
+from sparsemia.formats import SparseWeight, csr_from_coo
+from sparsemia.ops import extension
+from sparsemia.ops.checks import (
+    check_bias,
+    check_operand,
+    check_weight,
+    int_pair,
+    meta_bias,
+    meta_csr_values,
+    meta_pattern,
+    meta_values,
 )
-from sparsemia.ops import select_backend as _select_backend
+from sparsemia.ops.registry import find_impl, select_backend
 
-__all__ = ["sparse_conv2d", "sparse_conv2d_relu_pool", "conv2d_output_size"]
+__all__ = ["conv2d_output_size", "conv_args", "sparse_conv2d", "sparse_conv2d_relu_pool"]
 
 IntPair = int | Sequence[int]
-
-
-def _pair(value: object, name: str, minimum: int) -> tuple[int, int]:
-    items = (value, value) if isinstance(value, int) else value
-    if (
-        isinstance(value, bool)
-        or not isinstance(items, tuple | list)
-        or len(items) != 2
-        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in items)
-    ):
-        raise ValueError(f"{name}: expected an integer >= {minimum} or a pair of them, got {value!r}")
-    return int(items[0]), int(items[1])
 
 
 def conv2d_output_size(
@@ -96,8 +80,8 @@ def sparse_conv2d(
         ``[B, Cout, Ho, Wo]`` (``[Cout, Ho, Wo]`` for unbatched ``x``). Differentiable with respect
         to ``x``, ``w.values`` and ``bias``.
     """
-    args, unbatched, _ = _conv_args(x, w, bias, stride, padding, dilation, groups)
-    y = _select_backend("sparse_conv2d", *args, backend=backend).fn(*args)
+    args, unbatched, _ = conv_args(x, w, bias, stride, padding, dilation, groups)
+    y = select_backend("sparse_conv2d", *args, backend=backend).fn(*args)
     return y.squeeze(0) if unbatched else y
 
 
@@ -116,29 +100,26 @@ def sparse_conv2d_relu_pool(
     """``F.max_pool2d(F.relu(sparse_conv2d(x, w, bias, ...)), pool)``, fused for inference.
 
     The usual CNN stage conv → ReLU → ``pool`` x ``pool`` max-pool (stride ``pool``, no padding,
-    floor mode; ``pool=1`` is the ReLU alone). On the ``cpu`` backend, when no gradient is needed,
-    the ReLU and the pooling run on each chunk's convolution output while it is in cache and the
-    full-size output is never written (``torch.ops.sparsemia.csr_conv2d_relu_pool``). Otherwise
-    (training, other backends) it is the three ops in sequence, differentiable as usual.
+    floor mode; ``pool=1`` is the ReLU alone). When the chosen backend has a fused kernel (``cpu``:
+    ``torch.ops.sparsemia.csr_conv2d_relu_pool``) and no gradient is needed, the ReLU and the
+    pooling run on each chunk's convolution output while it is in cache and the full-size output
+    is never written. Otherwise (training, other backends) it is the three ops in sequence,
+    differentiable as usual.
 
     Args: as :func:`sparse_conv2d`, plus ``pool``, a positive int not larger than the convolution's
     output height and width.
     """
     if isinstance(pool, bool) or not isinstance(pool, int) or pool < 1:
         raise ValueError(f"pool: expected a positive integer, got {pool!r}")
-    args, unbatched, (ho, wo) = _conv_args(x, w, bias, stride, padding, dilation, groups)
+    args, unbatched, (ho, wo) = conv_args(x, w, bias, stride, padding, dilation, groups)
     if ho < pool or wo < pool:
         raise ValueError(f"pool: the convolution's output {ho}x{wo} is smaller than the pooling window {pool}")
-    impl = _select_backend("sparse_conv2d", *args, backend=backend)
-    x, w, bias, stride, padding, dilation, groups = args
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, w.values, bias)
-    )
-    if impl.backend == "cpu" and not needs_grad:
-        crow, col, values = _bsr_as_csr(w) if w.format == "bsr" else w.csr()
-        y = torch.ops.sparsemia.csr_conv2d_relu_pool(
-            x, crow, col, values, bias, list(w.shape[2:]), list(stride), list(padding), list(dilation), groups, pool
-        )
+    impl = select_backend("sparse_conv2d", *args, backend=backend)
+    fused = find_impl("sparse_conv2d_relu_pool", impl.backend)
+    x, w, bias = args[:3]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w.values, bias))
+    if fused is not None and not needs_grad:
+        y = fused.fn(*args, pool)
     else:
         y = F.relu(impl.fn(*args))
         if pool > 1:
@@ -146,20 +127,20 @@ def sparse_conv2d_relu_pool(
     return y.squeeze(0) if unbatched else y
 
 
-def _conv_args(x, w, bias, stride, padding, dilation, groups):
+def conv_args(x, w, bias, stride, padding, dilation, groups):
     """Checked and normalised arguments ``(x, w, bias, stride, padding, dilation, groups)`` of a sparse
     convolution (``x`` batched, padding numeric), whether ``x`` was unbatched, and ``(Ho, Wo)``."""
-    w = _check_weight(w)
+    w = check_weight(w)
     if len(w.shape) != 4:
         raise ValueError(f"w: expected a 4-D convolution weight [Cout, Cin/groups, kh, kw], got shape {w.shape}")
-    x = _check_operand(x, w, "x")
+    x = check_operand(x, w, "x")
     if x.dim() not in (3, 4):
         raise ValueError(f"x: expected a 4-D [B, Cin, H, W] or 3-D [Cin, H, W] tensor, got shape {tuple(x.shape)}")
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"groups: expected a positive integer, got {groups!r}")
     cout, cin_g, kh, kw = w.shape
-    stride = _pair(stride, "stride", 1)
-    dilation = _pair(dilation, "dilation", 1)
+    stride = int_pair(stride, "stride", 1)
+    dilation = int_pair(dilation, "dilation", 1)
     unbatched = x.dim() == 3
     if unbatched:
         x = x.unsqueeze(0)
@@ -184,14 +165,14 @@ def _conv_args(x, w, bias, stride, padding, dilation, groups):
                 padding = (top, left)
         else:
             raise ValueError(f"padding: expected an int, a pair, 'valid' or 'same', got {padding!r}")
-    padding = _pair(padding, "padding", 0)
+    padding = int_pair(padding, "padding", 0)
     ho, wo = conv2d_output_size(tuple(x.shape[2:]), (kh, kw), stride, padding, dilation)
     if ho <= 0 or wo <= 0:
         raise ValueError(
             f"x: spatial size {tuple(x.shape[2:])} with padding {padding} is too small for the kernel "
             f"{(kh, kw)} at dilation {dilation}"
         )
-    _check_bias(bias, w, cout)
+    check_bias(bias, w, cout)
     if (kh, kw) == (1, 1) and padding == (0, 0) and stride != (1, 1):
         # a 1x1 kernel reads every stride-th pixel only: convolve those at stride 1
         # (ResNet's downsampling shortcuts), instead of packing all stride phases
@@ -201,96 +182,13 @@ def _conv_args(x, w, bias, stride, padding, dilation, groups):
 
 
 # --------------------------------------------------------------------------
-# Backends
+# Patterns derived from a weight's pattern, for the input gradient
 # --------------------------------------------------------------------------
-
-
-def _ref_conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    return F.conv2d(x, w.to_dense(), bias, stride, padding, dilation, groups)
-
-
-# ---- BSR on the cpu backend (marked edit): the CSR kernel runs on the BSR pattern
-# expanded to CSR, explicit zeros inside stored blocks included.
-def _bsr_as_csr(w: SparseWeight) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(crow, col, values)`` CSR of every entry of ``w``'s stored blocks (padding beyond the logical
-    shape dropped). ``values`` is a gather from ``w.values``, so gradients land in its ``[nblocks, r, c]``
-    layout. Derived on each call (O(stored entries), no sort); nothing is cached."""
-    rows, cols = w.matrix_shape
-    br, bc = w.block
-    dev = w.device
-    crow_b, col_b = w.crow_indices.long(), w.col_indices.long()
-    nblocks, nbr = col_b.numel(), crow_b.numel() - 1
-    per_row = crow_b[1:] - crow_b[:-1]
-    block_row = torch.repeat_interleave(torch.arange(nbr, device=dev), per_row, output_size=nblocks)
-    first = crow_b[block_row]  # first block of each block's block row
-    i = torch.arange(br, device=dev)[None, :, None]
-    j = torch.arange(bc, device=dev)[None, None, :]
-    # Position in CSR order (row-major, columns ascending: blocks are sorted within a block row).
-    dest = (first * (br * bc))[:, None, None] + i * (per_row[block_row] * bc)[:, None, None] \
-        + ((torch.arange(nblocks, device=dev) - first) * bc)[:, None, None] + j
-    order = torch.empty(nblocks * br * bc, dtype=torch.int64, device=dev)
-    order[dest.reshape(-1)] = torch.arange(nblocks * br * bc, device=dev)
-    row = (block_row[:, None, None] * br + i).expand(nblocks, br, bc).reshape(-1)[order]
-    col = (col_b[:, None, None] * bc + j).expand(nblocks, br, bc).reshape(-1)[order]
-    if rows % br or cols % bc:
-        keep = (row < rows) & (col < cols)
-        order, row, col = order[keep], row[keep], col[keep]
-    crow = torch.zeros(rows + 1, dtype=torch.int64, device=dev)
-    crow[1:] = torch.cumsum(torch.bincount(row, minlength=rows), 0)
-    idt = torch.int32 if max(col.numel(), cols) < 2**31 - 1 else torch.int64
-    return crow.to(idt), col.to(idt), w.values.reshape(-1)[order]
-
-
-def _cpu_conv2d(x, w, bias, stride, padding, dilation, groups) -> torch.Tensor:
-    crow, col, values = _bsr_as_csr(w) if w.format == "bsr" else w.csr()
-    return _below_autograd(
-        torch.ops.sparsemia.csr_conv2d,
-        x, crow, col, values, bias, list(w.shape[2:]), list(stride), list(padding), list(dilation), groups,
-    )
-
-
-def _cpu_supports(x, w, bias, *_params) -> str | None:
-    if _C is None:
-        return f"the C++ extension is not loaded ({_EXTENSION_ERROR})"
-    if w.device.type != "cpu" or x.device.type != "cpu":
-        return "the cpu backend takes CPU tensors"
-    if w.dtype not in _CPU_DTYPES:
-        return f"the cpu backend takes float32 or float64, got {w.dtype}"
-    return None
-
-
-register_impl("sparse_conv2d", "reference", _ref_conv2d, lambda *a: None, priority=-1)
-register_impl("sparse_conv2d", "cpu", _cpu_conv2d, _cpu_supports, priority=10)
-
-
-# --------------------------------------------------------------------------
-# Fake kernels and autograd for the C++ operators
-# --------------------------------------------------------------------------
-
 
 # (crow, col) -> patterns derived from it (the transposed, flipped weight; its
 # stride phases), kept while both index tensors are alive and unmodified: a
 # weight's pattern is the same every training step (its values are not).
-_DERIVED: dict[int, tuple] = {}
-_DERIVED_MAX = 64
-
-
-def _derived_pattern(crow: torch.Tensor, col: torch.Tensor, key: tuple, build):
-    cacheable = (
-        type(crow) is torch.Tensor and type(col) is torch.Tensor and not crow.is_inference()
-        and not col.is_inference() and not torch.compiler.is_compiling()
-    )
-    if not cacheable:
-        return build()
-    key = (crow._version, col._version, *key)
-    hit = _DERIVED.get(id(col))
-    if hit is None or hit[0]() is not col or hit[1]() is not crow:
-        if len(_DERIVED) >= _DERIVED_MAX:
-            _DERIVED.clear()
-        hit = _DERIVED[id(col)] = (weakref.ref(col), weakref.ref(crow), {})
-    if key not in hit[2]:
-        hit[2][key] = build()
-    return hit[2][key]
+_DERIVED: TensorCache = TensorCache(64)
 
 
 def _entries(crow: torch.Tensor, col: torch.Tensor, kernel: Sequence[int]):
@@ -301,17 +199,6 @@ def _entries(crow: torch.Tensor, col: torch.Tensor, kernel: Sequence[int]):
     c = col.long()
     tap = c % (kh * kw)
     return rows, c // (kh * kw), tap // kw, tap % kw
-
-
-def _transposed_csr(new_row, new_col, cin: int, ncols: int, crow: torch.Tensor, col: torch.Tensor, select=None):
-    """CSR (crow, col, perm into the stored values) of entries moved to (new_row, new_col)."""
-    perm = torch.argsort(new_row * ncols + new_col)
-    crow_t = torch.zeros(cin + 1, dtype=torch.int64, device=col.device)
-    crow_t[1:] = torch.cumsum(torch.bincount(new_row, minlength=cin), 0)
-    col_t = new_col[perm].to(col.dtype)
-    if select is not None:
-        perm = select[perm]
-    return crow_t.to(crow.dtype), col_t, perm
 
 
 def _transposed_flipped(
@@ -325,9 +212,9 @@ def _transposed_flipped(
         cout_g, cin_g, kk = (crow.shape[0] - 1) // groups, cin // groups, kh * kw
         new_row = (rows // cout_g) * cin_g + ci
         new_col = (rows % cout_g) * kk + (kh - 1 - ky) * kw + (kw - 1 - kx)
-        return _transposed_csr(new_row, new_col, cin, cout_g * kk, crow, col)
+        return csr_from_coo(new_row, new_col, cin, cout_g * kk, crow.dtype)
 
-    crow_t, col_t, perm = _derived_pattern(crow, col, ("flipped", cin, kh, kw, groups), build)
+    crow_t, col_t, perm = _DERIVED.get((crow, col), ("flipped", cin, kh, kw, groups), build)
     return crow_t, col_t, values[perm]
 
 
@@ -350,9 +237,10 @@ def _phase_pattern(crow, col, cin: int, kernel, stride, dilation, groups: int, r
         cout_g, cin_g, kk = (crow.shape[0] - 1) // groups, cin // groups, (qh + 1) * (qw + 1)
         new_row = (rows // cout_g) * cin_g + ci
         new_col = (rows % cout_g) * kk + (qh - (ky * dh - rh) // sh) * (qw + 1) + (qw - (kx * dw - rw) // sw)
-        return (*_transposed_csr(new_row, new_col, cin, cout_g * kk, crow, col, select), (qh, qw))
+        crow_t, col_t, perm = csr_from_coo(new_row, new_col, cin, cout_g * kk, crow.dtype)
+        return crow_t, col_t, select[perm], (qh, qw)
 
-    return _derived_pattern(crow, col, ("phase", cin, kh, kw, sh, sw, dh, dw, groups, rh, rw), build)
+    return _DERIVED.get((crow, col), ("phase", cin, kh, kw, sh, sw, dh, dw, groups, rh, rw), build)
 
 
 def _input_grad(grad, crow, col, values, x_shape, kernel, stride, padding, dilation, groups) -> torch.Tensor:
@@ -410,24 +298,57 @@ def _strided_input_grad(grad, crow, col, values, x_shape, kernel, stride, paddin
     return dx
 
 
-def _register_operator_meta() -> None:
+def _fake_conv(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, op: str):
+    """The checks of the compiled convolution on shapes and dtypes, and (Ho, Wo)."""
+    meta_pattern(crow, col, op)
+    torch._check(crow.shape[0] >= 2, lambda: f"{op}: crow must have Cout + 1 >= 2 entries")
+    meta_values(values, x, op)
+    meta_csr_values(values, col, op)
+    torch._check(x.dim() == 4, lambda: f"{op}: x must be 4-D [B, Cin, H, W], got {x.dim()}-D")
+    for name, v in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding), ("dilation", dilation)):
+        torch._check(len(v) == 2, lambda name=name, v=v: f"{op}: {name} must have two elements, got {len(v)}")
+    torch._check(min(kernel_size) >= 1 and min(stride) >= 1 and min(dilation) >= 1 and min(padding) >= 0,
+                 lambda: f"{op}: kernel_size, stride and dilation must be positive and padding non-negative")
+    cout = crow.shape[0] - 1
+    torch._check(groups >= 1 and x.shape[1] % groups == 0 and cout % groups == 0,
+                 lambda: f"{op}: groups ({groups}) must divide both Cin ({x.shape[1]}) and Cout ({cout})")
+    ho, wo = conv2d_output_size(tuple(x.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation))
+    torch._check(ho >= 1 and wo >= 1, lambda: f"{op}: the padded input is smaller than the dilated kernel")
+    meta_bias(bias, values, [cout], op)
+    return cout, ho, wo
+
+
+def _register_fakes() -> None:
     lib = "sparsemia::"
 
     @torch.library.register_fake(lib + "csr_conv2d")
     def _(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups):
-        ho, wo = conv2d_output_size(tuple(x.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding),
-                                    tuple(dilation))
-        return x.new_empty(x.shape[0], crow.shape[0] - 1, ho, wo)
+        cout, ho, wo = _fake_conv(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups,
+                                  "csr_conv2d")
+        return x.new_empty(x.shape[0], cout, ho, wo)
 
     @torch.library.register_fake(lib + "csr_conv2d_relu_pool")
     def _(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, pool):
-        ho, wo = conv2d_output_size(tuple(x.shape[2:]), tuple(kernel_size), tuple(stride), tuple(padding),
-                                    tuple(dilation))
-        return x.new_empty(x.shape[0], crow.shape[0] - 1, ho // pool, wo // pool)
+        op = "csr_conv2d_relu_pool"
+        torch._check(pool >= 1, lambda: f"{op}: pool must be >= 1, got {pool}")
+        cout, ho, wo = _fake_conv(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, op)
+        torch._check(ho >= pool and wo >= pool,
+                     lambda: f"{op}: the convolution's output ({ho}x{wo}) is smaller than the pooling window {pool}")
+        return x.new_empty(x.shape[0], cout, ho // pool, wo // pool)
 
     @torch.library.register_fake(lib + "csr_conv2d_weight_grad")
     def _(x, grad_out, crow, col, kernel_size, stride, padding, dilation, groups):
+        op = "csr_conv2d_weight_grad"
+        torch._check(grad_out.dtype == x.dtype, lambda: f"{op}: grad_out must have x's dtype")
+        values = grad_out.new_empty(col.shape[0])
+        cout, ho, wo = _fake_conv(x, crow, col, values, None, kernel_size, stride, padding, dilation, groups, op)
+        torch._check(tuple(grad_out.shape) == (x.shape[0], cout, ho, wo),
+                     lambda: f"{op}: grad_out must have shape {[x.shape[0], cout, ho, wo]}, got {list(grad_out.shape)}")
         return x.new_empty(col.shape[0])
+
+
+def _register_autograd() -> None:
+    lib = "sparsemia::"
 
     def _setup(ctx, inputs, output):
         x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups = inputs
@@ -453,5 +374,6 @@ def _register_operator_meta() -> None:
     torch.library.register_autograd(lib + "csr_conv2d", _backward, setup_context=_setup)
 
 
-if _C is not None:
-    _register_operator_meta()
+if extension.module() is not None:
+    _register_fakes()
+    _register_autograd()

@@ -32,20 +32,43 @@ class SparseWeightModule(nn.Module):
         else:
             self.register_parameter("bias", None)
 
+    @staticmethod
+    def _dense_weight(module: nn.Module, kind: type[nn.Module], name: str, mask: torch.Tensor | None, format: str,
+                      block: tuple[int, int], n: int, m: int) -> tuple[SparseWeight, torch.Tensor | None]:
+        """The sparse weight and the bias of a dense layer ``module`` (checked to be a ``kind``)."""
+        if not isinstance(module, kind):
+            raise TypeError(f"{name}: expected an nn.{kind.__name__}, got {type(module).__name__}")
+        weight = SparseWeight.from_dense(module.weight.detach(), mask=mask, format=format, block=block, n=n, m=m)
+        return weight, None if module.bias is None else module.bias.detach()
+
     @property
     def weight(self) -> SparseWeight:
-        """The sparse weight, sharing this module's tensors (gradients flow into ``values``)."""
-        return SparseWeight(
-            self.format,
-            self.weight_shape,
-            self.values,
-            self.crow_indices,
-            self.col_indices,
-            block=self.block,
-            n=self.n,
-            m=self.m,
-            validate=False,
-        )
+        """The sparse weight, sharing this module's tensors (gradients flow into ``values``).
+
+        One object per module, rebuilt only when the module's tensors are replaced (``.to()``
+        of buffers, loading a checkpoint of another size), so the patterns it derives and
+        caches (CSR of BSR / N:M, its transpose) are computed once, not per call.
+        """
+        w = self.__dict__.get("_weight")
+        if (
+            w is None
+            or w.values is not self.values
+            or w.crow_indices is not self.crow_indices
+            or w.col_indices is not self.col_indices
+        ):
+            w = SparseWeight(
+                self.format,
+                self.weight_shape,
+                self.values,
+                self.crow_indices,
+                self.col_indices,
+                block=self.block,
+                n=self.n,
+                m=self.m,
+                validate=False,
+            )
+            self.__dict__["_weight"] = w
+        return w
 
     def format_repr(self) -> str:
         w = self.weight

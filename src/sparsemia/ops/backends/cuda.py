@@ -1,12 +1,12 @@
 """The ``cuda`` backend: sparsemia's CUDA kernels and torch's 2:4 semi-structured sparsity.
 
-Imported by :mod:`sparsemia.ops` when a CUDA tensor (or ``backend="cuda"``)
-shows up. It registers implementations of ``spmm``, ``sparse_linear`` and
-``stacked_sparse_linear`` for CSR and N:M weights on CUDA tensors:
+Imported by :mod:`sparsemia.ops.registry` when a CUDA tensor (or ``backend="cuda"``)
+shows up. It registers implementations of ``spmm`` and ``sparse_linear`` for CSR
+and N:M weights on CUDA tensors:
 
 * CSR (and N:M other than 2:4, run as its CSR expansion): the extension's
   ``torch.ops.sparsemia.csr_*`` CUDA kernels (``csrc/cuda/spmm``), differentiable
-  through the autograd formulas of :mod:`sparsemia.ops`.
+  through the autograd formulas of :mod:`sparsemia.ops.matmul`.
 * 2:4 in fp16/bf16 on compute capability >= 8.0, for inference (no gradient
   needed): torch's semi-structured sparse tensor cores
   (``torch.sparse.to_sparse_semi_structured``); the compressed weight is cached
@@ -20,13 +20,16 @@ when the weight is sparse enough, else the dense ``reference`` backend
 from __future__ import annotations
 
 import logging
-import weakref
-from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 
+from sparsemia.cache import TensorCache
 from sparsemia.formats import SparseWeight
+from sparsemia.ops import extension
+from sparsemia.ops.registry import register_impl
+
+__all__: list[str] = []
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +40,9 @@ _MAX_DENSITY = {torch.float16: 0.15, torch.bfloat16: 0.15, torch.float32: 0.35, 
 
 
 def _extension_reason() -> str | None:
-    from sparsemia import ops
-
-    if ops._C is None:
-        return f"the C++ extension is not loaded ({ops.extension_error()})"
-    if not ops._C.with_cuda():
+    if extension.module() is None:
+        return f"the C++ extension is not loaded ({extension.error()})"
+    if not extension.module().with_cuda():
         return "the extension was built without CUDA (needs a CUDA torch and nvcc at build time)"
     return None
 
@@ -70,8 +71,7 @@ def _priority(w: SparseWeight) -> float:
 # --------------------------------------------------------------------------
 
 _semi_structured_broken: str | None = None
-_CACHE_SIZE = 64
-_cache: OrderedDict[int, tuple[weakref.ref, int, torch.Tensor]] = OrderedDict()
+_COMPRESSED: TensorCache = TensorCache(64)
 
 
 def _semi_structured_reason(w: SparseWeight) -> str | None:
@@ -99,17 +99,10 @@ def _semi_structured_reason(w: SparseWeight) -> str | None:
 
 def _semi_structured(w: SparseWeight) -> torch.Tensor:
     """The weight as torch's compressed 2:4 tensor, cached while its values tensor lives unchanged."""
-    key = id(w.values)
-    hit = _cache.get(key)
-    if hit is not None and hit[0]() is w.values and hit[1] == w.values._version:
-        _cache.move_to_end(key)
-        return hit[2]
-    dense = w.to_dense().reshape(w.matrix_shape).contiguous()
-    compressed = torch.sparse.to_sparse_semi_structured(dense)
-    _cache[key] = (weakref.ref(w.values), w.values._version, compressed)
-    while len(_cache) > _CACHE_SIZE:
-        _cache.popitem(last=False)
-    return compressed
+    return _COMPRESSED.get(
+        (w.values, w.col_indices), "2:4",
+        lambda: torch.sparse.to_sparse_semi_structured(w.to_dense().reshape(w.matrix_shape).contiguous()),
+    )
 
 
 def _try_semi_structured(fn, w: SparseWeight, *args) -> torch.Tensor | None:
@@ -145,39 +138,5 @@ def _linear(x: torch.Tensor, w: SparseWeight, bias: torch.Tensor | None) -> torc
     return torch.ops.sparsemia.csr_linear(x, crow, col, values, bias)
 
 
-def _stacked(x: torch.Tensor, weights: list[SparseWeight], bias: torch.Tensor | None) -> torch.Tensor:
-    from sparsemia.ops import _stack_csr
-
-    crow, col, values = _stack_csr(weights)
-    return torch.ops.sparsemia.stacked_csr_linear(x, crow, col, values, bias)
-
-
-def _stacked_supports(x: torch.Tensor, weights: list[SparseWeight], bias: torch.Tensor | None) -> str | None:
-    if weights[0].format not in ("csr", "nm"):
-        return "the cuda backend takes CSR or N:M weights"
-    if x.device.type != "cuda" or weights[0].device.type != "cuda":
-        return "the cuda backend takes CUDA tensors"
-    if weights[0].dtype not in _DTYPES:
-        return f"dtype {weights[0].dtype} is not supported"
-    if len(weights) > 65535:
-        return "at most 65535 stacked models"
-    return _extension_reason()
-
-
-def register() -> None:
-    """Register the ``cuda`` backend's implementations with :mod:`sparsemia.ops`."""
-    from sparsemia.ops import register_impl
-
-    register_impl("spmm", "cuda", _spmm, lambda w, x: _supports(w, x), priority=lambda w, x: _priority(w))
-    register_impl(
-        "sparse_linear", "cuda", _linear, lambda x, w, b: _supports(w, x, b), priority=lambda x, w, b: _priority(w)
-    )
-    # Stacked models: one launch for all G beats any per-model loop; above the CSR
-    # kernels' density limit a batched dense matmul (the reference) is faster.
-    register_impl(
-        "stacked_sparse_linear", "cuda", _stacked, _stacked_supports,
-        priority=lambda x, ws, b: 30.0 if 1.0 - ws[0].sparsity <= _MAX_DENSITY.get(ws[0].dtype, 0.35) else -2.0,
-    )
-
-
-register()
+register_impl("spmm", "cuda", _spmm, lambda w, x: _supports(w, x), priority=lambda w, x: _priority(w))
+register_impl("sparse_linear", "cuda", _linear, lambda x, w, b: _supports(w, x, b), priority=lambda x, w, b: _priority(w))

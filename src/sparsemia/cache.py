@@ -1,0 +1,88 @@
+"""The one cache policy of sparsemia: a bounded cache that drops the least recently used entry.
+
+The compiled kernels keep their plans the same way (``csrc/cpu/common/lru_cache.h``).
+:class:`TensorCache` holds data derived from tensors (a transposed pattern, a compressed
+weight) and returns it only while those tensors are the same, unmodified objects: entries
+are keyed by identity and version counter and checked through weak references, so a freed
+tensor's address taken by a new tensor never returns a stale result.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from typing import Generic, TypeVar
+
+import torch
+
+__all__ = ["LruCache", "TensorCache"]
+
+V = TypeVar("V")
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+class LruCache(Generic[V]):
+    """At most ``capacity`` values by key; the least recently used goes first."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity: expected a positive integer, got {capacity!r}")
+        self.capacity = capacity
+        self._entries: OrderedDict[Hashable, V] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, build: Callable[[], V], valid: Callable[[V], bool] | None = None) -> V:
+        """The value under ``key`` (if ``valid`` accepts it), else ``build()``, stored under ``key``."""
+        with self._lock:
+            value = self._entries.get(key)
+            if value is not None and (valid is None or valid(value)):
+                self._entries.move_to_end(key)
+                return value
+        value = build()
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class TensorCache(Generic[V]):
+    """Values derived from tensors, reused while the tensors are the same, unmodified objects.
+
+    Inference tensors (no version counter), tensor subclasses other than ``nn.Parameter``
+    (fake / functional tensors while tracing) and calls under ``torch.compile`` are never
+    cached: ``build()`` runs.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._cache: LruCache[tuple[tuple[weakref.ref, ...], V]] = LruCache(capacity)
+
+    def get(self, tensors: Sequence[torch.Tensor], key: Hashable, build: Callable[[], V]) -> V:
+        if (
+            torch.compiler.is_compiling()
+            or any(type(t) not in _PLAIN or t.is_inference() for t in tensors)
+        ):
+            return build()
+        full_key = (tuple(id(t) for t in tensors), tuple(t._version for t in tensors), key)
+
+        def alive(entry: tuple[tuple[weakref.ref, ...], V]) -> bool:
+            return all(ref() is t for ref, t in zip(entry[0], tensors, strict=True))
+
+        refs = tuple(weakref.ref(t) for t in tensors)
+        return self._cache.get(full_key, lambda: (refs, build()), alive)[1]
+
+    def clear(self) -> None:
+        self._cache.clear()
+
+    def __len__(self) -> int:
+        return len(self._cache)

@@ -1,0 +1,37 @@
+"""The compiled extension ``sparsemia._C``, loaded once.
+
+Loading it registers the C++ (and, when built with CUDA, the CUDA) kernels of the
+operators declared in ``csrc/ops.cpp`` under ``torch.ops.sparsemia``. When it
+cannot be loaded, only the ``reference`` (and ``triton``) backends remain and
+:func:`error` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+from types import ModuleType
+
+__all__ = ["error", "module"]
+
+logger = logging.getLogger(__name__)
+
+_module: ModuleType | None
+_error: str | None
+try:
+    from sparsemia import _C as _module
+
+    _error = None
+except ImportError as exc:  # pragma: no cover - exercised only on broken installs
+    _module = None
+    _error = f"{type(exc).__name__}: {exc}"
+    logger.warning("sparsemia._C could not be loaded (%s); only the reference backend is available", exc)
+
+
+def module() -> ModuleType | None:
+    """The loaded ``sparsemia._C``, or None."""
+    return _module
+
+
+def error() -> str | None:
+    """Why ``sparsemia._C`` failed to load, or None when it is loaded."""
+    return _error

@@ -1,0 +1,48 @@
+"""The one cache policy: bounded, least recently used out; derived data only while its tensors
+are the same, unmodified objects."""
+
+from __future__ import annotations
+
+import torch
+
+from sparsemia.cache import LruCache, TensorCache
+
+
+def test_lru_cache_is_bounded_and_drops_the_least_recently_used():
+    cache: LruCache[int] = LruCache(2)
+    built = []
+
+    def build(v):
+        built.append(v)
+        return v
+
+    assert cache.get("a", lambda: build(1)) == 1
+    assert cache.get("b", lambda: build(2)) == 2
+    assert cache.get("a", lambda: build(-1)) == 1  # hit; "a" is now the most recent
+    cache.get("c", lambda: build(3))  # evicts "b"
+    assert len(cache) == 2
+    assert cache.get("b", lambda: build(4)) == 4
+    assert built == [1, 2, 3, 4]
+    assert cache.get("x", lambda: False) is False and cache.get("x", lambda: True) is False  # falsy values are hits
+
+
+def test_tensor_cache_rebuilds_after_in_place_changes_and_for_new_tensors():
+    cache: TensorCache[float] = TensorCache(8)
+    t = torch.ones(3)
+    calls = []
+
+    def total():
+        calls.append(1)
+        return float(t.sum())
+
+    assert cache.get([t], "sum", total) == 3.0
+    assert cache.get([t], "sum", total) == 3.0 and len(calls) == 1
+    t.mul_(2)  # in place: a new version
+    assert cache.get([t], "sum", total) == 6.0 and len(calls) == 2
+    t = torch.ones(3)  # a new object, possibly at the old one's address
+    assert cache.get([t], "sum", total) == 3.0 and len(calls) == 3
+    with torch.inference_mode():
+        u = torch.ones(2)
+    cache.get([u], "sum", total)
+    cache.get([u], "sum", total)
+    assert len(calls) == 5  # inference tensors (no version counter) are never cached
