@@ -13,7 +13,7 @@ from types import ModuleType
 
 __all__ = ["error", "module"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("sparsemia.ops")  # the name users filter on (tools/check_plain_install.sh)
 
 _module: ModuleType | None
 _error: str | None
