@@ -255,7 +255,9 @@ def reproduce(
     sparsity: float | None = typer.Option(None, help="Sparsity of the pruning defenses (default 0.9)."),
     defenses: str | None = typer.Option(None, help="Comma-separated defenses (default: none,minmax,magnitude,admm,admm+minmax)."),
     attacks: str | None = typer.Option(None, help="Comma-separated attacks (default: all)."),
-    num_shadows: int | None = typer.Option(None, help="Shadow models per defense (LiRA's paper: 64+)."),
+    targets: int | None = typer.Option(None, help="Models per defense, each attacked once as the target with the "
+                                       "others as its references (even, >= 4); 1: one target and shadow models."),
+    num_shadows: int | None = typer.Option(None, help="Shadow models per defense with --targets 1 (LiRA's paper: 64+)."),
     epochs: int | None = typer.Option(None, help="Training epochs of target and shadow models."),
     data_root: Path | None = typer.Option(None, help="Directory holding non-embedded datasets."),
     device: str | None = typer.Option(None, help="cpu or cuda[:N] for training (speed is always measured on the CPU)."),
@@ -284,7 +286,8 @@ def reproduce(
             console.print(f"{name}: {cfg.dataset}, {cfg.model}, {cfg.target_members} members, {cfg.num_shadows} shadows")
         return
     opts = merged(ctx, load_config(config), preset=preset, out=out, quick=quick, seeds=seeds, seed=seed,
-                  sparsity=sparsity, defenses=defenses, attacks=attacks, num_shadows=num_shadows, epochs=epochs,
+                  sparsity=sparsity, defenses=defenses, attacks=attacks, targets=targets, num_shadows=num_shadows,
+                  epochs=epochs,
                   data_root=data_root, device=device, executor=executor, ray_address=ray_address, force=force,
                   list_presets=list_presets)
     _check_device(opts["device"])
@@ -292,7 +295,8 @@ def reproduce(
     name = opts["preset"] + ("-quick" if opts["quick"] and not str(opts["preset"]).endswith("-quick") else "")
     base = get_preset(name)
     cfg = base.with_overrides(
-        seed=opts["seed"], sparsity=opts["sparsity"], num_shadows=opts["num_shadows"], epochs=opts["epochs"],
+        seed=opts["seed"], sparsity=opts["sparsity"], targets=opts["targets"], num_shadows=opts["num_shadows"],
+        epochs=opts["epochs"],
         device=opts["device"], data_root=None if opts["data_root"] is None else str(opts["data_root"]),
         defenses=None if opts["defenses"] is None else tuple(_parse_list(opts["defenses"], str, "--defenses")),
         attacks=None if opts["attacks"] is None else tuple(_parse_list(opts["attacks"], str, "--attacks")),

@@ -72,6 +72,8 @@ class ExperimentConfig:
     finetune_epochs: int = _DEFENSE_DEFAULTS.finetune_epochs
     admm_rounds: int = _DEFENSE_DEFAULTS.admm_rounds
     admm_rho: float = _DEFENSE_DEFAULTS.admm_rho
+    # population evaluation: K models per defense, each a target once (1: one target, shadow models)
+    targets: int = 1
     # attacks
     num_shadows: int = 8
     shadows_per_task: int = 4
@@ -96,6 +98,9 @@ class ExperimentConfig:
         # one vocabulary: older spellings (lira_online_fixed_variance, rmia_online, ...) become the registry's
         object.__setattr__(self, "defenses", tuple(canonical_defense(d, "defenses") for d in self.defenses))
         object.__setattr__(self, "attacks", tuple(canonical_attack(a, "attacks") for a in self.attacks))
+        if self.targets != 1 and (self.targets < 4 or self.targets % 2):
+            raise ValueError(f"targets: expected 1 (one target with shadow models) or an even number >= 4 "
+                             f"(a population per defense), got {self.targets}")
         if self.num_shadows < 4:
             raise ValueError(f"num_shadows: expected at least 4 (LiRA needs IN and OUT models), got {self.num_shadows}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -159,11 +164,13 @@ PRESETS: dict[str, ExperimentConfig] = {
     # LeNet-5 barely leaks: loss-attack AUC ~0.52). Eight shadow models per
     # defense keep the run within minutes on two cores; LiRA's paper uses 64+
     # (--num-shadows).
-    "mnist-lenet5": _MNIST,
-    # A run that finishes in about two minutes on two cores.
+    # Evaluated as populations: 16 models per defense, each trained on a random half of the
+    # 1,000 candidates and attacked once as the target (see sparsemia.experiments.population).
+    "mnist-lenet5": replace(_MNIST, targets=16),
+    # The short run: 8 models per defense on 500 candidates.
     "mnist-lenet5-quick": replace(
         _MNIST, preset="mnist-lenet5-quick", target_members=250, target_non_members=250, defense_reference=250,
-        test_size=500, attacker_reference=250, num_shadows=4, shadows_per_task=4, n_bootstrap=100,
+        test_size=500, attacker_reference=250, num_shadows=4, shadows_per_task=4, n_bootstrap=100, targets=8,
     ),
     "cifar10-vgg16": replace(
         _MNIST, preset="cifar10-vgg16", dataset="cifar10", model="vgg16", target_members=10000,

@@ -398,6 +398,10 @@ def _run_one(cfg: ExperimentConfig, run: RunDir, executor: str, ray_address: str
 
     data = _load(cfg)
     splits = _splits(cfg, run, len(data))
+    if cfg.targets > 1:
+        from sparsemia.experiments.population import run_populations
+
+        return run_populations(cfg, run, data, splits, executor, ray_address, progress)
     universe, attacker_reference, pkeep = _universe(cfg, splits)
     test = splits.test
     n_def = len(cfg.defenses)
@@ -423,6 +427,7 @@ def _run_one(cfg: ExperimentConfig, run: RunDir, executor: str, ray_address: str
                 {
                     "defense": defense_name,
                     "attack": attack,
+                    "num_targets": 1,
                     "target_train_acc": target["target_train_acc"],
                     "target_test_acc": target["target_test_acc"],
                     "attack_acc": metrics["attack_acc"],
@@ -514,6 +519,7 @@ def run_experiment(
         raise
     results = {
         "rows": _aggregate(per_seed),
+        "comparisons": per_seed[0].get("comparisons") if seeds == 1 else None,
         "per_seed": per_seed if seeds > 1 else None,
         "targets": per_seed[0]["targets"],
         "config": config.to_dict(),
