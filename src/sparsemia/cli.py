@@ -249,7 +249,7 @@ def reproduce(
     ctx: typer.Context,
     preset: str = typer.Option("mnist-lenet5", help="Experiment preset (see --list-presets)."),
     out: Path = typer.Option(Path("runs/reproduce"), "--out", help="Run directory; an existing run with the same config resumes."),
-    quick: bool = typer.Option(False, "--quick", help="The preset's quick variant (about two minutes on two cores)."),
+    quick: bool = typer.Option(False, "--quick", help="The preset's quick variant (fewer candidates and models)."),
     seeds: int = typer.Option(1, min=1, help="Repeat the whole pipeline with this many seeds; report mean ± std."),
     seed: int | None = typer.Option(None, help="First seed (default: the preset's)."),
     sparsity: float | None = typer.Option(None, help="Sparsity of the pruning defenses (default 0.9)."),
