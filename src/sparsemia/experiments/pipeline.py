@@ -20,6 +20,7 @@ import copy
 import functools
 import logging
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -163,6 +164,8 @@ def _speed(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
         for _ in range(7):
             dense_times.append(median_time(lambda: dense(example), repeat=1, min_time=5e-3))
             sparse_times.append(median_time(lambda: sparse(example), repeat=1, min_time=5e-3))
+        # The load when the timing ends, so that a report can flag a figure taken on a busy machine.
+        load_1min = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         dense_s, sparse_s = float(np.median(dense_times)), float(np.median(sparse_times))
         max_diff = float((dense(example) - sparse(example)).abs().max())
     replaced = sum(1 for m in sparse.modules() if type(m).__name__.startswith("Sparse"))
@@ -170,6 +173,10 @@ def _speed(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
         "dense_ms": dense_s * 1e3,
         "sparse_ms": sparse_s * 1e3,
         "speedup_vs_dense": dense_s / sparse_s,
+        "dense_round_ms": [t * 1e3 for t in dense_times],
+        "sparse_round_ms": [t * 1e3 for t in sparse_times],
+        "load_avg_1min": load_1min,
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "sparse_layers": replaced,
         "model_bytes": _model_bytes(model),
         "dense_model_bytes": sum(t.numel() * t.element_size() for t in model.state_dict().values()),
