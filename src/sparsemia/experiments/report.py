@@ -78,13 +78,13 @@ def _non_members(run: RunDir, row: dict[str, Any], config: dict[str, Any]) -> in
     if row.get("num_non_members"):
         return int(row["num_non_members"])
     path = f"attacks/{row['defense']}__{row['attack']}.json"
-    if run.exists(path):
-        stored = run.read_json(path).get("num_non_members")
-        if stored:
-            return int(stored)
-    if row.get("num_targets") and row.get("num_candidates"):
+    stored = run.read_json(path) if run.exists(path) else {}
+    if stored.get("num_non_members"):
+        return int(stored["num_non_members"])
+    k, n = row.get("num_targets") or stored.get("num_targets"), row.get("num_candidates") or stored.get("num_candidates")
+    if k and n:
         # Every candidate is a member of exactly half of the models (LiRA's inclusion).
-        return int(row["num_targets"]) * int(row["num_candidates"]) // 2
+        return int(k) * int(n) // 2
     return int(config["target_non_members"]) if config.get("target_non_members") else None
 
 
@@ -95,12 +95,20 @@ def _tpr_low(row: dict[str, Any], non_members: int | None) -> str:
     return text
 
 
-def _test_acc_interval(row: dict[str, Any], config: dict[str, Any]) -> tuple[float, float] | None:
-    """95% interval of the target's test accuracy: the run's own when stored, else the Wilson
-    interval of a binomial proportion over the ``test_size`` test examples of one model."""
+def _test_acc_interval(row: dict[str, Any], config: dict[str, Any], target: dict[str, Any]) -> tuple[float, float] | None:
+    """95% interval of the target's test accuracy: the run's own when stored; for a population,
+    the t interval of the mean over its models; else the Wilson interval of a binomial
+    proportion over the ``test_size`` test examples of one model."""
     stored = _interval(row, "target_test_acc")
     if stored:
         return stored
+    per_target = target.get("test_acc_per_target") or []
+    if len(per_target) > 1:
+        from scipy.stats import t as student_t
+
+        values = np.asarray(per_target, dtype=float)
+        half = student_t.ppf(0.975, values.size - 1) * values.std(ddof=1) / np.sqrt(values.size)
+        return float(values.mean() - half), float(values.mean() + half)
     n = config.get("test_size")
     if not n or row.get("num_targets"):
         return None
@@ -228,7 +236,8 @@ def _family_plots(run: RunDir, defenses: list[str], attacks: list[str], min_fpr:
     return names
 
 
-def _privacy_utility_plot(run: RunDir, rows: list[dict[str, Any]], config: dict[str, Any]) -> str:
+def _privacy_utility_plot(run: RunDir, rows: list[dict[str, Any]], config: dict[str, Any],
+                          targets: dict[str, Any]) -> str:
     """Per defense, its strongest attack's AUC against the target's test accuracy, with the
     95% interval (or ±1 sd over seeds) of both where the results hold one."""
     plt = _pyplot()
@@ -246,7 +255,7 @@ def _privacy_utility_plot(run: RunDir, rows: list[dict[str, Any]], config: dict[
         if best.get("target_test_acc_std") is not None:
             xerr = [[best["target_test_acc_std"] * 100], [best["target_test_acc_std"] * 100]]
         else:
-            ci = _test_acc_interval(best, config)
+            ci = _test_acc_interval(best, config, targets.get(defense) or {})
             xerr = None if ci is None else [[max(0.0, x - ci[0] * 100)], [max(0.0, ci[1] * 100 - x)]]
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=_MARKERS[i % len(_MARKERS)], color=colours[i % len(colours)],
                     markersize=8, capsize=4, elinewidth=1.2, label=f"{defense} ({best['attack']})")
@@ -321,10 +330,10 @@ def _delta_table(rows: list[dict[str, Any]], baseline: str) -> list[str]:
 def _change(delta: float, low: float, high: float, unit: str = "points") -> str:
     """A paired difference in words: lower / higher when its 95% interval excludes 0, else its bound."""
     if high < 0:
-        return f"lower by {-delta:.1f} [{-high:.1f}, {-low:.1f}] {unit}"
+        return f"lower by {_num(-delta, 1)} [{_num(-high, 1)}, {_num(-low, 1)}] {unit}"
     if low > 0:
-        return f"higher by {delta:.1f} [{low:.1f}, {high:.1f}] {unit}"
-    return f"no difference beyond ±{max(abs(low), abs(high)):.1f} {unit}"
+        return f"higher by {_num(delta, 1)} [{_num(low, 1)}, {_num(high, 1)}] {unit}"
+    return f"no difference beyond ±{_num(max(abs(low), abs(high)), 1)} {unit}"
 
 
 def _verdict(results: dict[str, Any]) -> list[str]:
@@ -439,7 +448,7 @@ def write_report(out: str | Path) -> Path:
     lines += _delta_table(rows, "minmax")
     lines.append("## Privacy vs utility")
     lines.append("")
-    lines.append(f"![privacy vs utility]({_privacy_utility_plot(run, rows, config)})")
+    lines.append(f"![privacy vs utility]({_privacy_utility_plot(run, rows, config, results.get('targets') or {})})")
     lines.append("")
     lines.append("## ROC curves (log-log)")
     lines.append("")
