@@ -437,7 +437,7 @@ def write_report(out: str | Path) -> Path:
     if known:
         fewest = min(known)
         resolution = (f"The smallest false positive rate the sample resolves is 1/{fewest:,} non-member"
-                      f"{' pairs' if any(r.get('num_targets') for r in rows) else 's'} = {_num(100 / fewest, 3)}%.")
+                      f"{' pairs' if any((r.get('num_targets') or 1) > 1 for r in rows) else 's'} = {_num(100 / fewest, 3)}%.")
         if 1.0 / fewest > 1e-3:
             resolution += (" † marks a TPR at 0.1% FPR below that resolution: it is the TPR at zero false positives, "
                            "decided by the single highest-scoring non-member, not a measurement at 0.1%.")
