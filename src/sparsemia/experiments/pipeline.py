@@ -65,7 +65,7 @@ def _noop(stage: str, done: int, total: int) -> None:
 # ----------------------------------------------------------------------------
 
 
-def _load(cfg: ExperimentConfig):
+def load_dataset(cfg: ExperimentConfig):
     return _load_dataset(cfg.dataset, cfg.data_root)
 
 
@@ -77,7 +77,7 @@ def _load_dataset(name: str, root: str | None):
     return load_dataset(name, root)
 
 
-def _build_model(cfg: ExperimentConfig, num_classes: int, sample_shape: tuple[int, ...]) -> nn.Module:
+def build_model(cfg: ExperimentConfig, num_classes: int, sample_shape: tuple[int, ...]) -> nn.Module:
     from sparsemia import models
 
     if cfg.model == "mlp":
@@ -150,7 +150,7 @@ def _model_bytes(model: nn.Module) -> int:
     return int(total - sum(layer.dense_bytes - min(layer.dense_bytes, layer.csr_bytes) for layer in report.layers))
 
 
-def _speed(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
+def measure_speed(model: nn.Module, example: torch.Tensor) -> dict[str, Any]:
     """Eval-forward time of the sparsified model vs the dense one, same process, medians."""
     from sparsemia.bench import median_time
     from sparsemia.nn import sparsify
@@ -196,7 +196,7 @@ def _train_target(cfg: ExperimentConfig, run: RunDir, data, splits, defense_name
     reference = torch.as_tensor(splits.defense_reference)
     # every defense's target starts from the same initialisation and data order (paired comparisons)
     torch.manual_seed(cfg.seed_for("init", "target"))
-    model = _build_model(cfg, data.num_classes, data.sample_shape)
+    model = build_model(cfg, data.num_classes, data.sample_shape)
     defense = _defense(cfg, defense_name, seed=cfg.seed_for("adversary", "target"))
     started = time.perf_counter()
     model = defense.train(
@@ -219,14 +219,14 @@ def _train_target(cfg: ExperimentConfig, run: RunDir, data, splits, defense_name
         ],
         "train_seconds": train_seconds,
     }
-    info.update(_speed(copy.deepcopy(model).cpu(), x[test[: cfg.speed_batch]]))
+    info.update(measure_speed(copy.deepcopy(model).cpu(), x[test[: cfg.speed_batch]]))
     run.save_torch(f"targets/{defense_name}.safetensors", model.state_dict())
     run.write_json(info_name, info)
     return info
 
 
 def _load_target(cfg: ExperimentConfig, run: RunDir, data, defense_name: str) -> nn.Module:
-    model = _build_model(cfg, data.num_classes, data.sample_shape)
+    model = build_model(cfg, data.num_classes, data.sample_shape)
     model.load_state_dict({k: v.to(cfg.device) for k, v in run.load_torch(f"targets/{defense_name}.safetensors").items()})
     return model.eval()
 
@@ -248,7 +248,7 @@ def shadow_task(task: dict[str, Any]) -> dict[str, np.ndarray]:
 
     cfg = ExperimentConfig.from_dict(task["config"])
     torch.set_num_threads(task.get("threads") or torch.get_num_threads())
-    data = _load(cfg)
+    data = load_dataset(cfg)
     x, y = data.features, data.labels
     universe = torch.as_tensor(task["universe"])
     evaluated = torch.as_tensor(np.concatenate([task["universe"], task["test"]]))
@@ -258,7 +258,7 @@ def shadow_task(task: dict[str, Any]) -> dict[str, np.ndarray]:
     inclusion = np.asarray(task["inclusion"], dtype=bool)
     defense = _defense(cfg, defense_name, seed=cfg.seed_for("adversary", "shadows", index))
     shadows = train_shadow_models(
-        lambda: _build_model(cfg, data.num_classes, data.sample_shape),
+        lambda: build_model(cfg, data.num_classes, data.sample_shape),
         x[universe],
         y[universe],
         inclusion,
@@ -317,7 +317,7 @@ def _run_tasks(run: RunDir, tasks: list[tuple[str, dict]], executor: str, ray_ad
             done += 1
             progress(stage, done, len(tasks))
         return
-    ray = _ray(ray_address)
+    ray = ray_module(ray_address)
     remote = ray.remote(num_cpus=1)(shadow_task)
     pending = {remote.remote(task): name for name, task in todo}
     while pending:
@@ -328,7 +328,7 @@ def _run_tasks(run: RunDir, tasks: list[tuple[str, dict]], executor: str, ray_ad
             progress(stage, done, len(tasks))
 
 
-def _ray(address: str | None):
+def ray_module(address: str | None):
     try:
         import ray
     except ImportError as exc:
@@ -403,7 +403,7 @@ def _run_one(cfg: ExperimentConfig, run: RunDir, executor: str, ray_address: str
              progress: ProgressFn) -> dict[str, Any]:
     from sparsemia.mia import lira_inclusion
 
-    data = _load(cfg)
+    data = load_dataset(cfg)
     splits = _splits(cfg, run, len(data))
     if cfg.targets > 1:
         from sparsemia.experiments.population import run_populations

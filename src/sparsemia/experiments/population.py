@@ -59,7 +59,7 @@ def population_task(task: dict[str, Any]) -> dict[str, Any]:
     ``test_logits`` ``[K, T, Q, C]`` on the test set's, per-model ``train_acc`` (on its own
     members), ``test_acc`` and ``sparsity`` ``[K]``, and ``info`` (timings, the speed of model 0).
     """
-    from sparsemia.experiments.pipeline import _build_model, _load, _speed
+    from sparsemia.experiments.pipeline import build_model, load_dataset, measure_speed
     from sparsemia.mia.queries import augment
     from sparsemia.mia.shadow import build_stack
     from sparsemia.train.stacked_defenses import train_stacked_defense
@@ -67,7 +67,7 @@ def population_task(task: dict[str, Any]) -> dict[str, Any]:
     cfg = ExperimentConfig.from_dict(task["config"])
     if task.get("threads"):
         torch.set_num_threads(int(task["threads"]))
-    data = _load(cfg)
+    data = load_dataset(cfg)
     x, y = data.features, data.labels
     defense = task["defense"]
     universe = torch.as_tensor(task["universe"])
@@ -76,7 +76,7 @@ def population_task(task: dict[str, Any]) -> dict[str, Any]:
     inclusion = np.asarray(task["inclusion"], dtype=bool)
     k = inclusion.shape[0]
     # every defense's model m starts from the same weights and sees the same batches: paired draws
-    stack = build_stack(lambda: _build_model(cfg, data.num_classes, data.sample_shape), k,
+    stack = build_stack(lambda: build_model(cfg, data.num_classes, data.sample_shape), k,
                         seed=cfg.seed_for("init", "population"))
     started = time.perf_counter()
     info = train_stacked_defense(
@@ -98,7 +98,7 @@ def population_task(task: dict[str, Any]) -> dict[str, Any]:
     from sparsemia.prune import sparsity_report
 
     first = stack.unstack(0).eval()
-    speed = _speed(copy.deepcopy(first).cpu(), x[test[: cfg.speed_batch]])
+    speed = measure_speed(copy.deepcopy(first).cpu(), x[test[: cfg.speed_batch]])
     # model 0's layers stand for the population's in the report (each model is pruned to the same rates)
     speed["layers"] = [{"name": layer.name, "shape": list(layer.shape), "nnz": layer.nnz, "sparsity": layer.sparsity}
                        for layer in sparsity_report(first).layers]
@@ -118,7 +118,7 @@ def _inclusion(cfg: ExperimentConfig, size: int) -> np.ndarray:
 
 def _run_population_tasks(cfg, run: RunDir, tasks: list[tuple[str, dict]], executor: str, ray_address: str | None,
                           progress) -> None:
-    from sparsemia.experiments.pipeline import _ray
+    from sparsemia.experiments.pipeline import ray_module
 
     todo = [(name, task) for name, task in tasks if not (run.exists(name + ".npz") and run.exists(name + ".json"))]
     done = len(tasks) - len(todo)
@@ -136,7 +136,7 @@ def _run_population_tasks(cfg, run: RunDir, tasks: list[tuple[str, dict]], execu
             done += 1
             progress("populations", done, len(tasks))
         return
-    ray = _ray(ray_address)
+    ray = ray_module(ray_address)
     remote = ray.remote(num_cpus=1)(population_task)
     pending = {remote.remote({**task, "threads": 1}): name for name, task in todo}
     while pending:
