@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +17,7 @@ from sparsemia.experiments import (
 )
 from sparsemia.experiments.rundir import atomic_write_bytes
 from sparsemia.mia import load_scores
+from tests.experiments.killed import run_killed
 
 TINY = ExperimentConfig(
     preset="tiny",
@@ -91,24 +88,7 @@ def test_rerun_resumes_without_recomputing(finished):
 def test_a_killed_run_resumes_to_the_same_results(finished, tmp_path):
     _, uninterrupted = finished
     out = tmp_path / "killed"
-    # The run kills itself (SIGKILL: no cleanup, no atexit) right after its first shadow-model
-    # task is written, so the kill lands mid-way on every machine, however fast or loaded.
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys
-        sys.path[:0] = {sys.path!r}
-        from tests.experiments.test_pipeline import TINY
-        from sparsemia.experiments import run_experiment
-
-        def progress(stage, done, total):
-            if stage.startswith("shadows") and done == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        run_experiment(TINY, {str(out)!r}, progress=progress)
-        """
-    )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], timeout=600)
-    assert proc.returncode == -signal.SIGKILL
+    run_killed("tests.experiments.test_pipeline", "TINY", out, stage="shadows", done=1, timeout=600)
     written = sorted(out.glob("shadows/*/*.npz"))
     assert len(written) == 1, written  # killed mid-way: one task of four finished
     assert not (out / "results.json").exists() and not list(out.glob("attacks/*.json"))

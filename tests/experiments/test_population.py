@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from sparsemia.experiments import ExperimentConfig, run_experiment
 from sparsemia.experiments.population import population_task
 from sparsemia.mia.population import compare, evaluate_population
+from tests.experiments.killed import run_killed
 
 # digits (8x8) and an MLP: a population of 8 models per defense trains in seconds
 TINY_POP = ExperimentConfig(
@@ -74,22 +69,7 @@ def test_population_rows_and_comparisons(finished):
 def test_a_killed_population_run_resumes_to_the_same_results(finished, tmp_path):
     _, uninterrupted = finished
     out = tmp_path / "killed"
-    script = textwrap.dedent(
-        f"""
-        import os, signal, sys
-        sys.path[:0] = {sys.path!r}
-        from tests.experiments.test_population import TINY_POP
-        from sparsemia.experiments import run_experiment
-
-        def progress(stage, done, total):
-            if stage == "populations" and done == 1:
-                os.kill(os.getpid(), signal.SIGKILL)
-
-        run_experiment(TINY_POP, {str(out)!r}, progress=progress)
-        """
-    )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], timeout=900)
-    assert proc.returncode == -signal.SIGKILL
+    run_killed("tests.experiments.test_population", "TINY_POP", out, stage="populations", done=1, timeout=900)
     assert len(list(out.glob("populations/*.json"))) == 1  # killed after the first of three populations
     assert not (out / "results.json").exists()
     resumed = run_experiment(TINY_POP, out)
