@@ -32,7 +32,7 @@ from sparsemia.mia.metrics import PooledROC, bootstrap_draws
 from sparsemia.models import MLP, LeNet5
 from sparsemia.train import TrainConfig
 
-ATTACKS = ["loss", "lira_online", "lira_offline", "rmia_online"]
+ATTACKS = ["loss", "lira_online", "lira_offline", "rmia"]
 
 
 def candidate_bootstrap_sd(scores: np.ndarray, member: np.ndarray, metric: str, n_bootstrap: int, seed: int) -> float:

@@ -30,7 +30,7 @@ def test_null_every_attack_is_a_coin_flip():
 
 def test_null_with_augmented_queries():
     """The per-query paths (LiRA's averaged Gaussians, RMIA's majority vote) are unbiased too."""
-    attacks = ["lira_online", "lira_offline", "rmia_online", "rmia_offline"]
+    attacks = ["lira_online", "lira_offline", "rmia", "rmia_offline"]
     aucs = {a: [] for a in attacks}
     for seed in range(2):
         logits, labels, inclusion = synthetic_population(16, 2000, num_queries=3, leak=0.0, seed=10 + seed)
@@ -69,9 +69,9 @@ def test_leaky_population_every_attack_detects_it():
 def test_same_seed_same_result_and_aliases():
     logits, labels, inclusion = synthetic_population(8, 200, leak=1.0, seed=2)
     a = evaluate_population(logits, labels, inclusion, ["rmia", "lira_online_fixed_var", "shadow"], seed=3, n_bootstrap=20)
-    b = evaluate_population(logits, labels, inclusion, ["rmia_online", "lira_online_fixed_variance", "shadow_model"],
+    b = evaluate_population(logits, labels, inclusion, ["rmia", "lira_online_fixed_var", "shadow"],
                             seed=3, n_bootstrap=20)
-    assert a.attacks == b.attacks == ["rmia_online", "lira_online_fixed_variance", "shadow_model"]
+    assert a.attacks == b.attacks == ["rmia", "lira_online_fixed_var", "shadow"]
     for name in a.attacks:
         np.testing.assert_array_equal(a.scores[name], b.scores[name])
         assert a.metrics[name] == b.metrics[name]
@@ -197,7 +197,7 @@ def test_outside_population_for_rmia_and_float32_logits():
     """RMIA's z from data no model trained on; float32 and [K, N, C] logits give the float64 / Q = 1 result."""
     logits, labels, inclusion = synthetic_population(8, 300, leak=1.5, seed=9)
     outside, outside_labels, _ = synthetic_population(8, 200, leak=0.0, seed=19)
-    result = evaluate_population(logits, labels, inclusion, ["rmia_online", "rmia_offline"], n_bootstrap=0,
+    result = evaluate_population(logits, labels, inclusion, ["rmia", "rmia_offline"], n_bootstrap=0,
                                  population_logits=outside, population_labels=outside_labels)
     for a in result.attacks:
         assert result.metrics[a]["pooled"]["auc"] > 0.6, a
@@ -205,7 +205,7 @@ def test_outside_population_for_rmia_and_float32_logits():
     as_32 = evaluate_population(logits[:, :, 0, :].astype(np.float32), labels, inclusion, ["lira_online"], n_bootstrap=0)
     np.testing.assert_allclose(as_32.scores["lira_online"], as_64.scores["lira_online"], rtol=2e-3, atol=1e-4)
     with pytest.raises(ValueError, match="^population_logits, population_labels"):
-        evaluate_population(logits, labels, inclusion, ["rmia_online"], population_logits=outside)
+        evaluate_population(logits, labels, inclusion, ["rmia"], population_logits=outside)
     with pytest.raises(ValueError, match="^population_logits"):
-        evaluate_population(logits, labels, inclusion, ["rmia_online"], population_logits=outside[:3],
+        evaluate_population(logits, labels, inclusion, ["rmia"], population_logits=outside[:3],
                             population_labels=outside_labels)

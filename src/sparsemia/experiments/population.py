@@ -147,17 +147,16 @@ def _run_population_tasks(cfg, run: RunDir, tasks: list[tuple[str, dict]], execu
             progress("populations", done, len(tasks))
 
 
-def _attack_names(cfg: ExperimentConfig) -> dict[str, str]:
-    """The configuration's attack names → the names the population evaluation takes."""
-    from sparsemia.mia.population import ATTACK_ALIASES, POPULATION_ATTACKS
+def _attack_names(cfg: ExperimentConfig) -> list[str]:
+    """The configuration's attacks (registry names), each one the population evaluation runs."""
+    from sparsemia.mia.population import POPULATION_ATTACKS
+    from sparsemia.mia.registry import canonical_attack
 
-    out = {}
-    for name in cfg.attacks:
-        canonical = ATTACK_ALIASES.get(name, name)
-        if canonical not in POPULATION_ATTACKS:
-            raise ValueError(f"attacks: {name!r} has no population form; expected some of {list(cfg.attacks)}")
-        out[name] = canonical
-    return out
+    names = [canonical_attack(name) for name in cfg.attacks]
+    missing = [name for name in names if name not in POPULATION_ATTACKS]
+    if missing:
+        raise ValueError(f"attacks: {missing} have no population form; expected some of {list(POPULATION_ATTACKS)}")
+    return names
 
 
 def run_populations(cfg: ExperimentConfig, run: RunDir, data, splits, executor: str, ray_address: str | None,
@@ -192,11 +191,10 @@ def run_populations(cfg: ExperimentConfig, run: RunDir, data, splits, executor: 
         populations[defense] = {**arrays, "info": run.read_json(_population_name(defense) + ".json")}
         # one seed for every defense: the same reference draws and bootstrap replicates (paired)
         results[defense] = evaluate_population(
-            arrays["logits"], labels, inclusion, list(names.values()), seed=seed, n_bootstrap=cfg.n_bootstrap,
+            arrays["logits"], labels, inclusion, names, seed=seed, n_bootstrap=cfg.n_bootstrap,
             population_logits=arrays["test_logits"], population_labels=test_labels,
         )
     progress("attacks", len(cfg.defenses), len(cfg.defenses))
-    back = {canonical: name for name, canonical in names.items()}
     rows = []
     targets = {}
     for defense in cfg.defenses:
@@ -211,16 +209,15 @@ def run_populations(cfg: ExperimentConfig, run: RunDir, data, splits, executor: 
             "sparsity": float(np.mean(pop["sparsity"])),
             **{key: value for key, value in info.items()},
         }
-        for canonical in result.attacks:
-            metrics = result.metrics[canonical]
+        for name in result.attacks:
+            metrics = result.metrics[name]
             pooled = metrics["pooled"]
-            name = back[canonical]
-            scores = result.scores[canonical]
+            scores = result.scores[name]
             fpr, tpr, _ = roc_points(scores.ravel(), result.is_member.ravel())
             keep = np.unique(np.linspace(0, fpr.size - 1, min(fpr.size, 2000)).astype(int))
             run.write_json(f"attacks/{defense}__{name}.json", {
                 **metrics, "roc": {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()},
-                "info": result.info.get(canonical, {}),
+                "info": result.info.get(name, {}),
             })
             run.save_npz(f"scores/{defense}__{name}.npz", scores=scores.astype(np.float32),
                          is_member=result.is_member, index=np.asarray(universe))
@@ -249,8 +246,6 @@ def run_populations(cfg: ExperimentConfig, run: RunDir, data, splits, executor: 
                 continue
             for row in compare(results[defense], results[versus], populations[defense]["test_acc"],
                                populations[versus]["test_acc"], defense=defense, versus=versus):
-                if row["attack"] is not None:
-                    row["attack"] = back.get(row["attack"], row["attack"])
                 comparisons.append(row)
     return {"rows": rows, "comparisons": comparisons, "targets": targets, "seed": cfg.seed,
             "num_targets": int(cfg.targets), "universe_size": int(universe.size), "pkeep": 0.5}

@@ -37,7 +37,6 @@ from sparsemia.mia.metrics import (
     tpr_at_fpr,
 )
 from sparsemia.mia.population import (
-    ATTACK_ALIASES,
     POPULATION_ATTACKS,
     PopulationResult,
     compare,
@@ -84,5 +83,4 @@ __all__ = [
     "evaluate_population",
     "compare",
     "POPULATION_ATTACKS",
-    "ATTACK_ALIASES",
 ]

@@ -55,34 +55,15 @@ from sparsemia.mia.attacks import (
     thresholds_from_values,
 )
 from sparsemia.mia.metrics import PooledROC, bootstrap_draws, population_metrics
+from sparsemia.mia.registry import ATTACKS, canonical_attack
 
-__all__ = ["PopulationResult", "evaluate_population", "compare", "POPULATION_ATTACKS", "ATTACK_ALIASES"]
+__all__ = ["PopulationResult", "evaluate_population", "compare", "POPULATION_ATTACKS"]
 
 logger = logging.getLogger(__name__)
 
-#: Attacks :func:`evaluate_population` runs, by canonical name.
-POPULATION_ATTACKS = (
-    "shadow_model",
-    "correctness",
-    "confidence",
-    "entropy",
-    "modified_entropy",
-    "loss",
-    "lira_online",
-    "lira_offline",
-    "lira_online_fixed_variance",
-    "lira_offline_fixed_variance",
-    "rmia_online",
-    "rmia_offline",
-)
-
-#: Other spellings accepted (the experiment configuration's), mapped to canonical names.
-ATTACK_ALIASES = {
-    "shadow": "shadow_model",
-    "lira_online_fixed_var": "lira_online_fixed_variance",
-    "lira_offline_fixed_var": "lira_offline_fixed_variance",
-    "rmia": "rmia_online",
-}
+#: Attacks :func:`evaluate_population` runs: every attack of the registry, by the names
+#: results carry (older spellings are accepted through :func:`~sparsemia.mia.registry.canonical_attack`).
+POPULATION_ATTACKS = tuple(ATTACKS)
 
 #: RMIA's offline ``a`` grid (the RMIA code's ``np.arange(0, 1.1, 0.1)``).
 OFFLINE_A_GRID = tuple(round(0.1 * i, 1) for i in range(11))
@@ -133,10 +114,7 @@ class PopulationResult:
 
 
 def _canonical(name: str) -> str:
-    canonical = ATTACK_ALIASES.get(name, name)
-    if canonical not in POPULATION_ATTACKS:
-        raise ValueError(f"attacks: unknown attack {name!r}; expected one of {list(POPULATION_ATTACKS)}")
-    return canonical
+    return canonical_attack(name)
 
 
 def _check_inputs(logits, labels, inclusion) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -363,7 +341,7 @@ def evaluate_population(
             query 0 is the plain example (:func:`~sparsemia.mia.queries.augment`).
         labels: ``[N]`` true classes of the candidates.
         inclusion: ``[K, N]`` bool, model k trained on candidate n.
-        attacks: names from :data:`POPULATION_ATTACKS` (or :data:`ATTACK_ALIASES`).
+        attacks: names from :data:`POPULATION_ATTACKS` (or an alias of :data:`~sparsemia.mia.registry.ALIASES`).
         seed: draws the reference subsets, c(t), RMIA's population subsample, the shadow-model
             attack's records and the bootstrap; the same seed gives the same result.
         n_bootstrap: two-way bootstrap replicates for the 95% intervals (0: none).
@@ -489,12 +467,12 @@ def evaluate_population(
                 global_t, per = thresholds_from_values(values[refs], sel_labels, inc[refs], threshold == "class")
                 thr = np.array([per.get(int(label), global_t) for label in y]) if threshold == "class" else global_t
                 preds[a][t] = values[t] >= thr
-            elif a == "shadow_model":
+            elif a == "shadow":
                 record_masks.append(refs)
             elif a.startswith("lira"):
                 kw = {
                     "online": "online" in a,
-                    "fixed_variance": a.endswith("fixed_variance"),
+                    "fixed_variance": a.endswith("fixed_var"),
                     "two_sided": lira_two_sided,
                 }
                 s_t = lira_scores(phi_all[t], phi_all, plan.ref_in, plan.ref_out, **kw)
@@ -502,7 +480,7 @@ def evaluate_population(
                 scores[a][t] = s_t
                 preds[a][t], _ = _best_threshold_decisions(s_c, inc[ct], s_t)
             elif a.startswith("rmia"):
-                online = a == "rmia_online"
+                online = a == "rmia"
                 ctx = (p_all, p_pop, z_idx, rmia_trim, rmia_gamma)
                 if online:
                     a_t = None
@@ -518,13 +496,13 @@ def evaluate_population(
                 scores[a][t] = s_t
                 preds[a][t], _ = _best_threshold_decisions(s_c, inc[ct], s_t)
 
-    if "shadow_model" in names:
+    if "shadow" in names:
         probs = _shadow_model_scores(
             plain, y, inc, record_masks, hidden=shadow_hidden, steps=shadow_steps,
             max_records=shadow_max_records, seed=seed,
         )
-        scores["shadow_model"] = probs
-        preds["shadow_model"] = probs >= 0.5
+        scores["shadow"] = probs
+        preds["shadow"] = probs >= 0.5
     metrics = {a: population_metrics(scores[a], inc, preds[a], n_bootstrap=n_bootstrap, seed=seed) for a in names}
     return PopulationResult(
         attacks=names, scores=scores, predictions=preds, is_member=inc, metrics=metrics, seed=seed,
