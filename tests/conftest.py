@@ -25,6 +25,21 @@ def _seed():
     torch.manual_seed(0)
 
 
+# Folders whose tests train tiny models, for which one thread is fastest (and kind to a shared machine).
+_ONE_THREAD_FOLDERS = {"mia", "train"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread_for_tiny_models(request):
+    if request.path.parent.name not in _ONE_THREAD_FOLDERS:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(params=available_isas() or [pytest.param("none", marks=pytest.mark.skip(reason="C++ extension not built"))])
 def isa(request):
     """Runs the test once per ISA this CPU supports, forcing the CPU kernels onto it."""

@@ -6,28 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-triton = pytest.importorskip("triton")
+# first: it skips the module where Triton cannot run
+from tests.kernels.triton_setup import DEVICE, OPCHECKS, TOL  # isort: split
 
-import sparsemia.kernels as K  # noqa: E402
-
-import sparsemia as sm  # noqa: E402
-from sparsemia.ops import BackendUnavailableError  # noqa: E402
-from sparsemia.ops.backends import triton as T  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-if DEVICE == "cpu" and not K.INTERPRET:
-    pytest.skip("no GPU and TRITON_INTERPRET is not 1", allow_module_level=True)
-
-# Triton's interpreter runs kernels even on fake tensors, so the fake-tensor
-# checks of opcheck only run on a GPU.
-OPCHECKS = ("test_schema", "test_autograd_registration") + (("test_faketensor",) if DEVICE == "cuda" else ())
-
-TOL = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-
-
-def _rel(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double(), ref.detach().double()
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+import sparsemia as sm
+from sparsemia.ops import BackendUnavailableError
+from sparsemia.ops.backends import triton as T
+from tests.kernels.triton_setup import rel_error as _rel
 
 
 def _block_sparse(rows: int, cols: int, block: tuple[int, int], keep: float, dtype, seed: int = 0) -> torch.Tensor:

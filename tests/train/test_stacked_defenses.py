@@ -10,13 +10,11 @@ from sparsemia.models import MLP
 from sparsemia.nn.stacked import stack_models
 from sparsemia.train import DefenseOptions, TrainConfig, evaluate
 from sparsemia.train.stacked_defenses import StackedMinMax, train_stacked_defense
+from tests.train.blobs import blobs
 
 
 def _blobs(n=160, features=10, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, features, generator=g) * 3
-    labels = torch.randint(0, classes, (n,), generator=g)
-    return centers[labels] + torch.randn(n, features, generator=g), labels
+    return blobs(n, features, classes, seed)
 
 
 def _stack(m=4):

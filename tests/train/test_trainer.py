@@ -23,13 +23,11 @@ from sparsemia.train import (
     fit,
     fit_stacked,
 )
+from tests.train.blobs import blobs
 
 
 def _blobs(n=120, features=10, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.randn(classes, features, generator=g) * 3
-    labels = torch.randint(0, classes, (n,), generator=g)
-    return centers[labels] + torch.randn(n, features, generator=g), labels
+    return blobs(n, features, classes, seed)
 
 
 def _mlp(seed=0):

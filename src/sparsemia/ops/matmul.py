@@ -85,31 +85,26 @@ def transposed_csr(
 # ------------------------------------------------------------------ fake kernels
 
 
-def _fake_spmm(crow, col, values, x, op: str, blocked: bool):
+def _fake_rows(crow, col, values, x, op: str, blocked: bool, features: int, layout: str) -> int:
+    """Checks a CSR/BSR weight against ``x`` (features along dim ``features``); its number of rows."""
     meta_pattern(crow, col, op)
     meta_values(values, x, op)
-    torch._check(x.dim() == 2, lambda: f"{op}: x must be 2-D [K, N], got {x.dim()}-D")
-    if blocked:
-        meta_bsr_values(values, col, op)
-        torch._check(x.shape[0] % values.shape[2] == 0,
-                     lambda: f"{op}: x's {x.shape[0]} features must be a multiple of the block width {values.shape[2]}")
-        return x.new_empty((crow.shape[0] - 1) * values.shape[1], x.shape[1])
-    meta_csr_values(values, col, op)
-    return x.new_empty(crow.shape[0] - 1, x.shape[1])
+    torch._check(x.dim() == 2, lambda: f"{op}: x must be 2-D {layout}, got {x.dim()}-D")
+    if not blocked:
+        meta_csr_values(values, col, op)
+        return crow.shape[0] - 1
+    meta_bsr_values(values, col, op)
+    torch._check(x.shape[features] % values.shape[2] == 0,
+                 lambda: f"{op}: x's {x.shape[features]} features must be a multiple of the block width {values.shape[2]}")
+    return (crow.shape[0] - 1) * values.shape[1]
+
+
+def _fake_spmm(crow, col, values, x, op: str, blocked: bool):
+    return x.new_empty(_fake_rows(crow, col, values, x, op, blocked, 0, "[K, N]"), x.shape[1])
 
 
 def _fake_linear(x, crow, col, values, bias, op: str, blocked: bool):
-    meta_pattern(crow, col, op)
-    meta_values(values, x, op)
-    torch._check(x.dim() == 2, lambda: f"{op}: x must be 2-D [B, K], got {x.dim()}-D")
-    if blocked:
-        meta_bsr_values(values, col, op)
-        torch._check(x.shape[1] % values.shape[2] == 0,
-                     lambda: f"{op}: x's {x.shape[1]} features must be a multiple of the block width {values.shape[2]}")
-        rows = (crow.shape[0] - 1) * values.shape[1]
-    else:
-        meta_csr_values(values, col, op)
-        rows = crow.shape[0] - 1
+    rows = _fake_rows(crow, col, values, x, op, blocked, 1, "[B, K]")
     meta_bias(bias, values, [rows], op)
     return x.new_empty(x.shape[0], rows)
 
