@@ -26,7 +26,7 @@ timeout 300 "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . 
 "$PY" -c "import sparsemia.ops as o; assert o._C is not None and o._C.with_cuda(), 'extension built without CUDA'; print('extension with CUDA: ok')" || exit 1
 
 echo "== GPU tests"
-timeout 240 "$PY" -m pytest tests/test_cuda.py tests/kernels -q -rs -p no:cacheprovider || status=1
+timeout 240 "$PY" -m pytest tests/ops/test_cuda_backend.py tests/kernels -q -rs -p no:cacheprovider || status=1
 
 echo "== benchmark"
 timeout 240 "$PY" benchmarks/bench_gpu.py || status=1
