@@ -3,6 +3,7 @@ are the same, unmodified objects."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from sparsemia.cache import LruCache, TensorCache
@@ -46,3 +47,19 @@ def test_tensor_cache_rebuilds_after_in_place_changes_and_for_new_tensors():
     cache.get([u], "sum", total)
     cache.get([u], "sum", total)
     assert len(calls) == 5  # inference tensors (no version counter) are never cached
+
+
+def test_tensor_cache_rebuilds_after_a_fused_optimizer_step():
+    # fused optimizers update parameters in place without bumping version counters
+    cache: TensorCache[float] = TensorCache(8)
+    p = torch.nn.Parameter(torch.ones(3))
+    frozen = torch.ones(2)
+    optimizer = torch.optim.Adam([p], lr=0.5, fused=True)
+    assert cache.get([p], "sum", lambda: float(p.detach().sum())) == 3.0
+    assert cache.get([frozen], "sum", lambda: 2.0) == 2.0
+    p.sum().backward()
+    optimizer.step()
+    written = float(p.detach().sum())
+    assert written == pytest.approx(1.5)  # the fused step wrote (its version counter may not say so)
+    assert cache.get([p], "sum", lambda: float(p.detach().sum())) == written
+    assert cache.get([frozen], "sum", lambda: -1.0) == 2.0  # no grad, not an optimizer's: still cached

@@ -5,6 +5,11 @@ The compiled kernels keep their plans the same way (``csrc/cpu/common/lru_cache.
 weight) and returns it only while those tensors are the same, unmodified objects: entries
 are keyed by identity and version counter and checked through weak references, so a freed
 tensor's address taken by a new tensor never returns a stale result.
+
+Version counters miss one kind of write: torch's fused optimizers (``Adam(fused=True)``, the
+trainer's default) update parameters in place without bumping them. Every optimizer step
+therefore counts as a write to every tensor that requires grad (a global step hook counts
+steps); a tensor that requires no grad is not an optimizer's parameter and keeps its entries.
 """
 
 from __future__ import annotations
@@ -16,11 +21,23 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Generic, TypeVar
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 __all__ = ["LruCache", "TensorCache"]
 
 V = TypeVar("V")
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+# Optimizer steps taken in this process (any optimizer: fused ones bypass version counters).
+_optimizer_steps = 0
+
+
+def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+    global _optimizer_steps
+    _optimizer_steps += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class LruCache(Generic[V]):
@@ -59,9 +76,11 @@ class LruCache(Generic[V]):
 class TensorCache(Generic[V]):
     """Values derived from tensors, reused while the tensors are the same, unmodified objects.
 
-    Inference tensors (no version counter), tensor subclasses other than ``nn.Parameter``
-    (fake / functional tensors while tracing) and calls under ``torch.compile`` are never
-    cached: ``build()`` runs.
+    A tensor counts as modified when its version counter moved or, if it requires grad, when
+    any optimizer took a step since the entry was built (fused optimizers write without
+    bumping versions). Inference tensors (no version counter), tensor subclasses other than
+    ``nn.Parameter`` (fake / functional tensors while tracing) and calls under
+    ``torch.compile`` are never cached: ``build()`` runs.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -73,7 +92,8 @@ class TensorCache(Generic[V]):
             or any(type(t) not in _PLAIN or t.is_inference() for t in tensors)
         ):
             return build()
-        full_key = (tuple(id(t) for t in tensors), tuple(t._version for t in tensors), key)
+        versions = tuple((t._version, _optimizer_steps if t.requires_grad else 0) for t in tensors)
+        full_key = (tuple(id(t) for t in tensors), versions, key)
 
         def alive(entry: tuple[tuple[weakref.ref, ...], V]) -> bool:
             return all(ref() is t for ref, t in zip(entry[0], tensors, strict=True))

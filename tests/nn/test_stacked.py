@@ -154,3 +154,20 @@ def test_cpu_inference_runs_the_sparse_kernel_and_matches_loop_with_masks():
         xs = torch.rand(2, 4, 2, 6, 6)
         torch.testing.assert_close(cnn_stack(xs), torch.stack([m(xi) for m, xi in zip(cnn, xs, strict=True)]),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_inference_after_fused_optimizer_steps_sees_the_new_weights():
+    # fused Adam (the trainer's default) writes parameters without bumping their version counters:
+    # the sparse kernel's cached weights must still be rebuilt, or inference runs on the old weights
+    from sparsemia.train import TrainConfig, fit_stacked
+
+    stack = stack_models(_models(LeNet5, 2)).eval()
+    x = torch.rand(40, 1, 28, 28)
+    y = torch.randint(0, 10, (40,))
+    with torch.no_grad():
+        stack.forward_shared(x[:4])  # caches the sparse weights
+    fit_stacked(stack, x, y, torch.ones(2, 40, dtype=torch.bool), TrainConfig(epochs=1, batch_size=20, lr=1e-2))
+    stack.eval()
+    with torch.no_grad():
+        expected = torch.stack([m.eval()(x[:4]) for m in stack.to_modules()])
+        torch.testing.assert_close(stack.forward_shared(x[:4]), expected, rtol=1e-4, atol=1e-5)
