@@ -9,16 +9,24 @@ from pathlib import Path
 import numpy as np
 
 
+def _cifar_layout(root: Path, classes: int, *, binary: bool) -> tuple[bool, Path, list[str]]:
+    """Whether it is CIFAR-10, the (created) folder and the batch file names of a CIFAR release."""
+    ten = classes == 10
+    ext = ".bin" if binary else ""
+    folders = ("cifar-10-batches-bin", "cifar-100-binary") if binary else ("cifar-10-batches-py", "cifar-100-python")
+    folder = root / folders[0 if ten else 1]
+    folder.mkdir(parents=True, exist_ok=True)
+    names = [f"data_batch_{i}{ext}" for i in range(1, 6)] + [f"test_batch{ext}"] if ten else [f"train{ext}", f"test{ext}"]
+    return ten, folder, names
+
+
 def write_cifar_python(root: Path, *, classes: int = 10, per_batch: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """CIFAR-10 (``cifar-10-batches-py``: 5 train batches + test) or CIFAR-100 (``cifar-100-python``) python version.
 
     Returns the training images ``[N, 3, 32, 32]`` uint8 and labels, in file order.
     """
     rng = np.random.default_rng(seed)
-    ten = classes == 10
-    folder = root / ("cifar-10-batches-py" if ten else "cifar-100-python")
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"] if ten else ["train", "test"]
+    ten, folder, names = _cifar_layout(root, classes, binary=False)
     images, labels = [], []
     for name in names:
         n = per_batch if ten else per_batch * 5
@@ -37,10 +45,7 @@ def write_cifar_python(root: Path, *, classes: int = 10, per_batch: int = 60, se
 def write_cifar_binary(root: Path, *, classes: int = 10, per_batch: int = 40, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The CIFAR binary version (``cifar-10-batches-bin`` / ``cifar-100-binary``); returns the training set."""
     rng = np.random.default_rng(seed)
-    ten = classes == 10
-    folder = root / ("cifar-10-batches-bin" if ten else "cifar-100-binary")
-    folder.mkdir(parents=True, exist_ok=True)
-    names = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"] if ten else ["train.bin", "test.bin"]
+    ten, folder, names = _cifar_layout(root, classes, binary=True)
     images, labels = [], []
     for name in names:
         data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)

@@ -66,12 +66,18 @@ def test_bsr_sddmm_matches_dense_product_at_blocks(dtype):
     assert _rel(out.cpu(), ref) < TOL[dtype]
 
 
-def test_bsr_gradients_match_reference():
-    dense = _block_sparse(32, 48, (16, 16), 0.6, torch.float64, seed=2)
+def _bsr_case(cols: int, batch: int, seed: int):
+    """A float64 BSR weight [32, cols] (16x16 blocks) and leaf values, input [batch, cols] and bias."""
+    dense = _block_sparse(32, cols, (16, 16), 0.6, torch.float64, seed=seed)
     w = sm.SparseWeight.from_dense(dense, format="bsr", block=(16, 16)).to(DEVICE)
     values = w.values.clone().requires_grad_()
-    x = torch.randn(5, 48, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    x = torch.randn(batch, cols, dtype=torch.float64, device=DEVICE, requires_grad=True)
     bias = torch.randn(32, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    return w, values, x, bias
+
+
+def test_bsr_gradients_match_reference():
+    w, values, x, bias = _bsr_case(48, 5, seed=2)
     grads = {}
     for backend in ("triton", "reference"):
         y = sm.ops.sparse_linear(x, w.with_values(values), bias, backend=backend)
@@ -81,11 +87,7 @@ def test_bsr_gradients_match_reference():
 
 
 def test_bsr_ops_gradcheck():
-    dense = _block_sparse(32, 32, (16, 16), 0.6, torch.float64, seed=4)
-    w = sm.SparseWeight.from_dense(dense, format="bsr", block=(16, 16)).to(DEVICE)
-    values = w.values.clone().requires_grad_()
-    x = torch.randn(3, 32, dtype=torch.float64, device=DEVICE, requires_grad=True)
-    bias = torch.randn(32, dtype=torch.float64, device=DEVICE, requires_grad=True)
+    w, values, x, bias = _bsr_case(32, 3, seed=4)
     crow, col = w.crow_indices, w.col_indices
     assert torch.autograd.gradcheck(lambda x, v, b: T.bsr_linear(x, crow, col, v, b), (x, values, bias), fast_mode=True)
     xs = torch.randn(32, 3, dtype=torch.float64, device=DEVICE, requires_grad=True)
