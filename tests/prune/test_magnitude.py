@@ -125,7 +125,8 @@ def test_repeated_pruning_only_adds_zeros(small_net):
 
 def test_lowering_the_target_revives_weights_from_zero(small_net):
     sm.prune.magnitude(small_net, 0.8)
-    sm.prune.magnitude(small_net, 0.5)
+    with pytest.warns(UserWarning, match="sparser than asked"):  # until training regrows them
+        sm.prune.magnitude(small_net, 0.5)
     mask = sm.prune.get_mask(small_net.features[3])
     assert abs(int((mask == 0).sum()) - 0.5 * mask.numel()) <= 0.5
     # the revived weights restart at zero (not at values from before pruning) and may now train
@@ -172,3 +173,19 @@ def test_bad_input_leaves_the_model_untouched(small_net):
     with pytest.raises(ValueError):
         sm.prune.magnitude(small_net, 0.5, structure="nm", n=3, m=4)  # 3:4 means sparsity 0.25
     assert sm.prune.masks(small_net) == {}
+
+
+def test_pruning_a_pruned_model_with_another_scope_warns_that_it_compounds(small_net):
+    # global 0.9 leaves the big layers above 90%; per-layer 0.9 then cannot bring them back
+    sm.prune.magnitude(small_net, sparsity=0.9, scope="global")
+    with pytest.warns(UserWarning, match="already held more zeros than their sparsity target"):
+        sm.prune.magnitude(small_net, sparsity=0.9)
+    assert sm.prune.sparsity_report(small_net).sparsity > 0.9 + 0.005
+
+
+@pytest.mark.parametrize("scope", ["layer", "global"])
+def test_pruning_again_to_the_same_or_a_higher_target_does_not_warn(small_net, scope, recwarn):
+    for sparsity in (0.5, 0.8, 0.8, 0.9):
+        sm.prune.magnitude(small_net, sparsity=sparsity, scope=scope)
+    assert not [w for w in recwarn if "zeros" in str(w.message)]
+    assert sm.prune.sparsity_report(small_net).sparsity == pytest.approx(0.9, abs=0.005)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -140,7 +141,43 @@ def magnitude(
     else:
         for name, mask in planned.items():
             apply_mask(model.get_submodule(name), "weight", mask)
+        if structure == "unstructured":
+            _warn_if_beyond(model, list(planned), sparsity, scope)
     logger.info(
         "magnitude pruning (%s, %s scope) of %d layers", structure, scope, len(planned)
     )
     return model
+
+
+def _warn_if_beyond(model: nn.Module, names: list[str], sparsity: float | Mapping[str, float], scope: str) -> None:
+    """Warn when earlier zeros leave the model sparser than asked.
+
+    Pruning a pruned model with another scope compounds: after ``magnitude(model, 0.9, scope="global")``
+    a per-layer 0.9 (``admm``'s default scope) finds the big layers already above 90%; their zeros
+    are ranked lowest, so they stay zero (a kept one restarts from zero and only later training
+    regrows it) and the model ends sparser than 90%.
+    """
+    zeros = {name: int((model.get_submodule(name).weight == 0).sum()) for name in names}
+    sizes = {name: model.get_submodule(name).weight.numel() for name in names}
+    # rounding of the kept counts, and weights that are zero by chance
+    def slack(size: int) -> float:
+        return 0.005 + 1 / max(size, 1)
+
+    if scope == "global":
+        achieved = sum(zeros.values()) / max(sum(sizes.values()), 1)
+        if achieved > float(sparsity) + slack(sum(sizes.values())):
+            warnings.warn(
+                f"magnitude: the pruned layers are {achieved:.1%} sparse, more than sparsity={float(sparsity):g} "
+                "asks, because they already held zeros (earlier pruning); prune an unpruned copy of the model "
+                "to reach the target", stacklevel=3)
+        return
+    target = sparsity if isinstance(sparsity, Mapping) else dict.fromkeys(names, float(sparsity))
+    beyond = {name: zeros[name] / sizes[name] for name in names
+              if sizes[name] and zeros[name] / sizes[name] > target[name] + slack(sizes[name])}
+    if beyond:
+        listed = ", ".join(f"{name} {value:.1%}" for name, value in beyond.items())
+        warnings.warn(
+            f"magnitude: layers already held more zeros than their sparsity target ({listed}), from earlier "
+            "pruning; they stay sparser than asked (a zero kept by the new mask only regrows in later "
+            "training): prune an unpruned copy of the model, or use the scope that pruned it, to reach "
+            "the target", stacklevel=3)
