@@ -50,6 +50,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", &set_cpu_isa, "Force the CPU kernels' ISA: 'scalar', 'vec128', 'avx2' or 'avx512'");
   m.def("reload_conv_tuning", &sparsemia::cpu::conv::reload_tuning,
         "Read the SPARSEMIA_CONV_{BT,COLUMNS,L1,ROWS} tuning knobs from the environment again");
+  m.def("note_optimizer_step", &sparsemia::cpu::conv::note_optimizer_step,
+        "Count an optimizer step: cached convolution plans that hold weight values are rebuilt (fused optimizers "
+        "write parameters without bumping their version counters); sparsemia.ops calls it from an optimizer hook");
   m.def("with_cuda", &with_cuda, "Whether the CUDA kernels were compiled in");
   m.def("parallel_threads_used", &parallel_threads_used,
         "Threads one at::parallel_for of the compiled kernels runs on (torch.get_num_threads() when threading works)");

@@ -145,6 +145,27 @@ def test_training_steps_reuse_cached_patterns_and_stay_exact(sparsity):
         dense.grad = None
 
 
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_fused_optimizer_steps_are_seen_by_cached_plans(optimizer):
+    # Fused optimizers write parameters without bumping their version counters; a plan holding
+    # the values (column groups: a complete 5x5 kernel) must still not outlive a step.
+    from sparsemia.nn import SparseConv2d
+
+    conv = torch.nn.Conv2d(8, 8, 5, bias=False)
+    layer = SparseConv2d.from_dense(conv, mask=torch.ones_like(conv.weight, dtype=torch.bool))
+    make = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
+    opt = make(layer.parameters(), lr=0.1, fused=True)
+    x = torch.randn(4, 8, 12, 12)
+    for _ in range(3):
+        y = layer(x)
+        torch.testing.assert_close(y, F.conv2d(x, layer.weight.to_dense()), rtol=1e-4, atol=1e-4)
+        opt.zero_grad()
+        y.square().mean().backward()
+        opt.step()
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight.to_dense()), rtol=1e-4, atol=1e-4)
+
+
 def test_all_zero_weight_gives_the_bias(isa):
     w = SparseWeight.from_dense(torch.zeros(5, 3, 3, 3))
     bias = torch.randn(5)

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -309,10 +310,17 @@ void make_plan(Plan<T>& plan, const Chunks& ch, const Tensor& crow, const Tensor
 // a plan, O(nnz), costs more than a deep layer's convolution. Entries hold weak
 // references, so a cached tensor's address cannot be taken by a new tensor
 // while its entry lives, and its storage is freed as usual.
+// Version counters miss one kind of write: torch's fused optimizers (the
+// trainer's default Adam) update parameters in place without bumping them. So a
+// plan holding values also keys on the number of optimizer steps taken in the
+// process (counted by a hook sparsemia.ops registers): after any step it is
+// rebuilt, while inference, which takes no steps, keeps hitting the cache.
+std::atomic<int64_t> optimizer_steps{0};
+
 struct PlanKey {
   std::array<int64_t, 24> ints;  // geometry, chunking, dtypes, tuning
   std::array<const c10::TensorImpl*, 3> impl;
-  std::array<int64_t, 3> version;
+  std::array<int64_t, 4> version;  // crow, col, values (or col again), optimizer steps (0: no values)
   bool operator==(const PlanKey& o) const { return ints == o.ints && impl == o.impl && version == o.version; }
 };
 
@@ -352,6 +360,8 @@ int64_t bits_of(double v) {
 
 }  // namespace
 
+void note_optimizer_step() { optimizer_steps.fetch_add(1, std::memory_order_relaxed); }
+
 Chunks chunks_of(const Geometry& g, const Tuning& tuning) {
   Chunks ch{};
   ch.bt = chunk_batch(g, tuning);
@@ -381,11 +391,12 @@ std::shared_ptr<const Plan<T>> plan_for(const Chunks& ch, const Tensor& crow, co
               ch.last_bt, int64_t(c10::CppTypeToScalarType<T>::value), int64_t(crow.scalar_type()), forward ? 1 : 0,
               int64_t(sizeof(T)), tuning.bt, bits_of(tuning.columns), tuning.l1, tuning.rows};
   key.impl = {crow.unsafeGetTensorImpl(), col.unsafeGetTensorImpl(), col.unsafeGetTensorImpl()};
-  key.version = {crow._version(), col._version(), col._version()};
+  key.version = {crow._version(), col._version(), col._version(), 0};
   if (auto hit = find_plan(key)) return std::static_pointer_cast<const Plan<T>>(hit);
   PlanKey with_values = key;
   with_values.impl[2] = values.unsafeGetTensorImpl();
   with_values.version[2] = values._version();
+  with_values.version[3] = optimizer_steps.load(std::memory_order_relaxed) + 1;
   if (forward)
     if (auto hit = find_plan(with_values)) return std::static_pointer_cast<const Plan<T>>(hit);
   auto plan = build();

@@ -106,6 +106,11 @@ struct Plan {
   Blocking blocking[2];
 };
 
+// Counts an optimizer step (fused optimizers write parameters without bumping
+// version counters): cached plans holding weight values built before it are not
+// reused.
+void note_optimizer_step();
+
 // The plan of a call, from the cache or built (and cached) now; `values` only
 // read when `forward` (column groups). Inference tensors have no version
 // counter, so their plans are built every call.

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
 __all__ = ["error", "module"]
 
 logger = logging.getLogger("sparsemia.ops")  # the name users filter on (tools/check_plain_install.sh)
@@ -25,6 +27,16 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
     _module = None
     _error = f"{type(exc).__name__}: {exc}"
     logger.warning("sparsemia._C could not be loaded (%s); only the reference backend is available", exc)
+
+
+def _note_optimizer_step(optimizer, args, kwargs) -> None:
+    # Fused optimizers write parameters without bumping version counters; the
+    # convolution plans that hold weight values must not outlive such a write.
+    _module.note_optimizer_step()
+
+
+if _module is not None:
+    register_optimizer_step_post_hook(_note_optimizer_step)
 
 
 def module() -> ModuleType | None:
