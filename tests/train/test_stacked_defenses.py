@@ -77,3 +77,22 @@ def test_stacked_minmax_regulariser_and_errors():
         train_stacked_defense("minmax", _stack(), x, y, np.ones((4, 160), dtype=bool), CONFIG)
     with pytest.raises(ValueError, match="DP-SGD"):
         train_stacked_defense("dpsgd", _stack(), x, y, np.ones((4, 160), dtype=bool), CONFIG)
+
+
+def test_minmax_stack_scores_with_its_trained_weights():
+    # Min-Max runs inference forwards (the sparse CPU kernel for LeNet-5's convolutions) between
+    # fused-Adam steps; scoring afterwards must use the trained weights, as the unstacked models do
+    from sparsemia.models import LeNet5
+    from sparsemia.train import predict_logits
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    torch.manual_seed(0)
+    stack = stack_models([LeNet5() for _ in range(2)])
+    inclusion = np.zeros((2, 64), dtype=bool)
+    inclusion[0, :32] = inclusion[1, 32:] = True
+    train_stacked_defense("minmax", stack, x[:64], y[:64], inclusion, TrainConfig(epochs=2, batch_size=16, seed=0),
+                          options=OPTIONS, reference=(x[64:], y[64:]), num_classes=10, seed=1)
+    stack.eval()
+    expected = torch.stack([m.eval()(x[:64]) for m in stack.to_modules()]).detach()
+    torch.testing.assert_close(predict_logits(stack, x[:64]), expected, rtol=1e-4, atol=1e-4)

@@ -82,12 +82,14 @@ class StackedMinMax:
         features = torch.cat([self.prediction(probabilities), self.label(onehot)], dim=-1)
         return self.combine(features).squeeze(-1)
 
-    def _train_inference(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    def _train_inference(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+                         outputs: torch.Tensor) -> None:
         ref_x, ref_y = self._reference
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            member_p = F.softmax(model(inputs), dim=-1)
+            # h sees f's eval-mode outputs; without dropout or batch norm they are the training step's own
+            member_p = F.softmax(outputs.detach() if _mode_free(model) else model(inputs), dim=-1)
         for _ in range(self.k):
             pick = torch.randint(0, ref_x.shape[0], targets.shape, generator=self._generator)
             rx, ry = ref_x[pick].to(inputs.device), ref_y[pick].to(inputs.device)
@@ -106,7 +108,7 @@ class StackedMinMax:
         model.train(was_training)
 
     def __call__(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
-        self._train_inference(model, inputs, targets)
+        self._train_inference(model, inputs, targets, outputs)
         for p in self._parameters:
             p.requires_grad_(False)
         try:
@@ -116,6 +118,12 @@ class StackedMinMax:
             for p in self._parameters:
                 p.requires_grad_(True)
         return self.lam * gain
+
+
+def _mode_free(model: nn.Module) -> bool:
+    """Whether ``model`` computes the same in training and eval mode (a stacked model without dropout or batch norm)."""
+    return isinstance(model, StackedModel) and not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm | nn.modules.dropout._DropoutNd) for m in model.modules())
 
 
 def _weight_names(stack: StackedModel) -> tuple[nn.Module, list[str]]:
