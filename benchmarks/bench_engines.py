@@ -30,7 +30,7 @@ reason printed.
 
 ``--layers`` adds, for the first selected batch of each model and sparsity, one
 row per convolution / linear layer (BatchNorm folded, as ``sm.compile`` runs it):
-the sparse kernel's time and its GFLOP/s counted dense-equivalent (every
+the sparse kernel's time (the depth-wise kernel for depth-wise layers) and its GFLOP/s counted dense-equivalent (every
 multiply-add of the dense layer) and actual (the stored weights' multiply-adds),
 next to dense PyTorch's and ONNX Runtime's time and GFLOP/s for that layer.
 """
@@ -340,7 +340,8 @@ def _onnx_layer_runner(layer: nn.Module, x: torch.Tensor, threads: int, tmpdir: 
     except ImportError:
         return None
     path = Path(tmpdir) / "layer.onnx"
-    export_onnx(layer, x, path)
+    with torch.no_grad():
+        export_onnx(layer, x, path)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = threads
@@ -360,7 +361,7 @@ def layer_table(model: nn.Module, x: torch.Tensor, threads: int, rounds: int, tm
     layers = {n: m for n, m in folded.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
     hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs.setdefault(n, a[0].detach().clone()))
              for n, m in layers.items()]
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference mode: the captured inputs are exported to ONNX below
         folded(x)
     for h in hooks:
         h.remove()
@@ -373,7 +374,12 @@ def layer_table(model: nn.Module, x: torch.Tensor, threads: int, rounds: int, tm
             out = layer(xi)
         per_output = w[0].numel() if isinstance(layer, nn.Conv2d) else w.shape[1]
         dense_flops = 2.0 * out.numel() * per_output
-        if isinstance(layer, nn.Conv2d):
+        depthwise = isinstance(layer, nn.Conv2d) and layer.groups == layer.in_channels == layer.out_channels
+        if depthwise:  # the dedicated kernel (zero taps skipped), as sm.compile runs it
+            args = (w, None if layer.bias is None else layer.bias.detach(), layer.stride, layer.padding, layer.dilation)
+            sparse_layer = lambda t, args=args: sm.ops.depthwise_conv2d(t, *args)  # noqa: E731
+            shape = f"dw {layer.in_channels} k{layer.kernel_size[0]} s{layer.stride[0]} {xi.shape[2]}x{xi.shape[3]}"
+        elif isinstance(layer, nn.Conv2d):
             sparse_layer = sm.nn.SparseConv2d.from_dense(layer)
             shape = f"conv {layer.in_channels}->{layer.out_channels} k{layer.kernel_size[0]} s{layer.stride[0]}" + (
                 f" g{layer.groups}" if layer.groups > 1 else "") + f" {xi.shape[2]}x{xi.shape[3]}"

@@ -34,6 +34,11 @@ TORCH_LIBRARY(sparsemia, m) {
   // full-size output is never written to memory. No autograd (training composes the three ops).
   m.def("csr_conv2d_relu_pool(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups, int pool) -> Tensor");
+  // Depth-wise convolution: x [B, C, H, W], a dense weight [C, 1, kh, kw] whose zero taps are
+  // skipped (pruned), groups = C; the result clamped to [min, max] (ReLU: [0, inf], ReLU6: [0, 6],
+  // none: [-inf, inf]). Returns [B, C, Ho, Wo], like clamp(F.conv2d(...), min, max).
+  m.def("depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
+        "float min, float max) -> Tensor");
   // d loss / d values at the stored entries, given grad_out [B, Cout, Ho, Wo]. Returns [nnz].
   m.def("csr_conv2d_weight_grad(Tensor x, Tensor grad_out, Tensor crow, Tensor col, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");

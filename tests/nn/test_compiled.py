@@ -210,3 +210,38 @@ def test_bad_arguments():
         sm.compile(nn.Linear(2, 2), example_input=[1.0, 2.0])
     with pytest.raises(ValueError, match="example_input"):
         sm.compile(nn.Linear(2, 2), example_input=torch.randn(1, 2, device="meta"))
+
+
+@pytest.mark.parametrize("candidate", ["depthwise", "dense_gemm"])
+def test_depthwise_and_gemm_candidates_are_exact(candidate, monkeypatch):
+    """Each of the two kernels sm.compile may choose for MobileNet-style layers, forced on every
+    layer it applies to, computes what eager computes (ReLU6 and ReLU fused, stride 2, odd sizes)."""
+    from sparsemia.nn import compiled as compiled_mod
+
+    model = nn.Sequential(
+        nn.Conv2d(8, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU6(),
+        nn.Conv2d(24, 24, 3, stride=2, padding=1, groups=24, bias=False), nn.BatchNorm2d(24), nn.ReLU6(),
+        nn.Conv2d(24, 24, 3, padding=1, groups=24), nn.ReLU(),
+        nn.Conv2d(24, 8, 1, stride=2),
+    ).eval()
+    sm.prune.magnitude(model, sparsity=0.5, scope="layer")
+    sm.prune.remove(model)
+    real = compiled_mod._candidates
+
+    def marked(layer):
+        found = real(layer)
+        if candidate in found:
+            found[candidate].forced = True
+        return found
+
+    monkeypatch.setattr(compiled_mod, "_candidates", marked)
+    # the measured choice, with the forced candidate timed fastest (it is still checked against dense)
+    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n: 0.0 if getattr(fn, "forced", False) else 1.0)
+    x = torch.randn(3, 8, 13, 11)
+    engine = sm.compile(model, example_input=x)
+    chosen = [layer.choice for layer in engine.layers]
+    expected = {"depthwise": [1, 2], "dense_gemm": [0, 3]}[candidate]
+    assert all(chosen[i] == candidate for i in expected), chosen
+    with torch.no_grad():
+        for xs in (x, torch.randn(1, 8, 13, 11)):
+            assert rel_err(engine(xs), model(xs)) <= 1e-5

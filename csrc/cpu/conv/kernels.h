@@ -82,6 +82,12 @@ struct ConvKernelTable {
   // dst[b * img + (p * (Ho / pool) + i) * (Wo / pool) + j] (NaN kept).
   void (*relu_pool_batch)(const T* src, int64_t planes, int64_t Ho, int64_t Wo, int64_t bt, int64_t pool, T* dst,
                           int64_t img);
+  // Depth-wise convolution of one packed plane as one flat run (depthwise_cpu.cpp):
+  //     out[n] = clamp(bias + sum_t w[t] * x[offset[t] + n], lo, hi)
+  // for n in [0, len), NaN kept. Writes whole vectors up to n = len rounded up to the
+  // ISA's vector length and reads that far past x[offset[t] + len - 1].
+  void (*taps_flat)(const T* x, const int32_t* offset, const T* w, int64_t taps, T bias, T lo, T hi, int64_t len,
+                    T* out);
 };
 
 namespace scalar {

@@ -28,6 +28,7 @@ layer swap, and :attr:`CompiledModel.lowered` says so.
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -114,7 +115,10 @@ class CompiledModel(nn.Module):
         folded = sum(layer.batchnorm_folded for layer in self.layers)
         fused = sum(bool(layer.epilogue) for layer in self.layers)
         serial = sum(layer.threads == 1 for layer in self.layers) if self._threads > 1 else 0
+        depthwise = sum(layer.choice == "depthwise" for layer in self.layers)
+        gemm = sum(layer.choice == "dense_gemm" for layer in self.layers)
         return (f"{sparse}/{len(self.layers)} layers sparse, {folded} BatchNorm folded, {fused} epilogues fused"
+                + (f", {depthwise} depth-wise kernel" if depthwise else "") + (f", {gemm} 1x1 as GEMM" if gemm else "")
                 + (f", {serial} single-threaded" if serial else ""))
 
 
@@ -221,6 +225,19 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
             attr, scalars = ("relu", []) if layer.relu else ("hardtanh", [0.0, 6.0]) if layer.relu6 else ("none", [])
             found["dense_fused"] = [(_MKLDNN_POINTWISE.default, (weight, bias, list(padding), list(_pair(m.stride)),
                                                                   list(dilation), m.groups, attr, scalars, ""))]
+        if kernel == (1, 1) and padding == (0, 0) and m.groups == 1 and weight.dtype in _GEMM_DTYPES:
+            # a 1x1 convolution is one GEMM per image over the channels: [Cout, Cin] @ [Cin, H*W]
+            gemm_bias = (torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias).reshape(1, -1, 1)
+            found["dense_gemm"] = pre + [(_gemm_1x1, (weight.reshape(weight.shape[0], -1), gemm_bias))] + \
+                _dense_epilogue(layer)
+        depthwise = _depthwise_op() if m.groups == m.in_channels == m.out_channels else None
+        if depthwise is not None and weight.dtype in _GEMM_DTYPES:
+            lo, hi = (0.0, 6.0) if layer.relu6 else (0.0, math.inf) if layer.relu else (-math.inf, math.inf)
+            weight_dw = weight * mask if mask is not None else weight  # the kernel skips zero taps
+            found["depthwise"] = [(depthwise, (weight_dw.contiguous(), bias, list(_pair(m.stride)), list(padding),
+                                                list(dilation), lo, hi))]
+            if layer.pool > 1:
+                found["depthwise"].append((F.max_pool2d, (layer.pool,)))
         if kept < weight.numel():
             crow, col, values = SparseWeight.from_dense(weight, mask=mask, format="csr").csr()
             geometry = (list(kernel), list(stride), list(padding), list(dilation), m.groups)
@@ -257,6 +274,22 @@ def _dense_epilogue(layer: _Layer) -> list[tuple]:
     if layer.pool > 1:
         steps.append((F.max_pool2d, (layer.pool,)))
     return steps
+
+
+_GEMM_DTYPES = (torch.float32, torch.float64)
+
+
+def _depthwise_op():
+    # looked up per compile: the op exists once the C++ extension is loaded
+    from sparsemia.ops import extension
+
+    return torch.ops.sparsemia.depthwise_conv2d.default if extension.module() is not None else None
+
+
+def _gemm_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    b, c, h, w = x.shape
+    y = torch.baddbmm(bias, weight.expand(b, -1, -1), x.reshape(b, c, h * w))
+    return y.view(b, -1, h, w)
 
 
 def _subsample(x: torch.Tensor, stride: tuple[int, int]) -> torch.Tensor:

@@ -15,6 +15,7 @@ Layout of this package:
 * One module per op family, holding the public functions and the fake kernels and
   autograd of its ``torch.ops.sparsemia`` operators: :mod:`.matmul` (``spmm``,
   ``sparse_linear``), :mod:`.conv` (``sparse_conv2d``, ``sparse_conv2d_relu_pool``),
+  :mod:`.depthwise` (``depthwise_conv2d``, bias and clamp fused),
   :mod:`.stacked` (``stacked_csr_linear``), :mod:`.masked` (``masked_linear``).
 * :mod:`.backends`: the glue from the public ops to each backend's kernels.
 """
@@ -26,6 +27,7 @@ import sparsemia.ops.backends.reference  # noqa: F401  (registers the reference 
 import sparsemia.ops.stacked  # noqa: F401  (registers stacked_csr_linear's fake kernel and autograd)
 from sparsemia.ops import backends, checks, extension, registry
 from sparsemia.ops.conv import conv2d_output_size, sparse_conv2d, sparse_conv2d_relu_pool
+from sparsemia.ops.depthwise import depthwise_conv2d
 from sparsemia.ops.masked import expand_block_mask, masked_linear
 from sparsemia.ops.matmul import sparse_linear, spmm
 from sparsemia.ops.registry import (
@@ -44,6 +46,7 @@ __all__ = [
     "backends",
     "checks",
     "conv2d_output_size",
+    "depthwise_conv2d",
     "expand_block_mask",
     "extension",
     "extension_error",
