@@ -480,3 +480,31 @@ def test_relu_pool_opcheck_and_bad_pool():
     with pytest.raises(RuntimeError, match="pool"):
         torch.ops.sparsemia.csr_conv2d_relu_pool(x, sw.crow_indices, sw.col_indices, sw.values, None, [3, 3],
                                                  [1, 1], [0, 0], [1, 1], 1, 0)
+
+
+@pytest.mark.parametrize("pool", [0, 2])
+def test_a_call_above_the_parallel_threshold_matches_on_one_and_two_threads(pool):
+    # kMinParallelWork (csrc/cpu/conv/conv_cpu.cpp) is 2^20 multiply-adds; the shapes above stay
+    # below it, so this one (about 3e6) keeps the threaded forward and weight gradient tested
+    w = pruned_kernel(32, 32, 3, 3, 0.7, torch.float64)
+    x = torch.randn(4, 32, 16, 16, dtype=torch.float64)
+    bias = torch.randn(32, dtype=torch.float64)
+    ref = F.conv2d(x, w, bias, padding=1)
+    ref = F.max_pool2d(ref.relu(), 2) if pool else ref
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            sw = SparseWeight.from_dense(w)
+            if pool:
+                y = sparse_conv2d_relu_pool(x, sw, bias, padding=1, pool=pool, backend="cpu")
+            else:
+                values = sw.values.clone().requires_grad_()
+                y = sparse_conv2d(x, sw.with_values(values), bias, padding=1, backend="cpu")
+                y.backward(torch.ones_like(y))
+                dense_w = w.clone().requires_grad_()
+                F.conv2d(x, dense_w, bias, padding=1).backward(torch.ones_like(y))
+                torch.testing.assert_close(values.grad, dense_w.grad[w != 0], atol=1e-9, rtol=1e-9)
+            torch.testing.assert_close(y.detach(), ref, atol=1e-10, rtol=1e-12)
+    finally:
+        torch.set_num_threads(threads)

@@ -308,3 +308,21 @@ def test_forcing_an_isa_the_cpu_lacks_is_an_error():
 
     with pytest.raises(ValueError, match="isa"):
         _C.set_cpu_isa("sse9")
+
+
+def test_calls_above_the_parallel_threshold_match_on_one_and_two_threads():
+    # kMinParallelWork (csrc/cpu/spmm/spmm_cpu.cpp) is 2^18 multiply-adds; these calls (about 2e6)
+    # run split over threads, the small ones elsewhere in this file on the calling thread
+    weights = [SparseWeight.from_dense(random_pruned(256, 256, 0.5, torch.float64)) for _ in range(4)]
+    x = torch.randn(4, 16, 256, dtype=torch.float64)
+    bias = torch.randn(4, 256, dtype=torch.float64)
+    stacked = SparseWeight.stack_csr(weights)
+    ref = torch.stack([F.linear(x[g], weights[g].to_dense(), bias[g]) for g in range(4)])
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.testing.assert_close(torch.ops.sparsemia.stacked_csr_linear(x, *stacked, bias), ref)
+            torch.testing.assert_close(sm.ops.sparse_linear(x[0], weights[0], bias[0]), ref[0])
+    finally:
+        torch.set_num_threads(threads)

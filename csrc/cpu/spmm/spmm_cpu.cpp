@@ -19,10 +19,17 @@ namespace {
 
 using at::Tensor;
 
+// Below this many multiply-adds a call runs on the calling thread. Measured with
+// benchmarks/thread_crossover.py (2-core AVX2 EPYC): a second thread pays from about
+// 1e5-4e5 multiply-adds on a quiet machine (1.5-1.8x at 4e5-8e5, mixed below), while on a
+// busy one every parallel region can wait a scheduler time slice (8-16 ms), e.g. CSR
+// 1024^2 at 90%, batch 1 (1.1e5): 0.16 ms on one thread, 8 ms on two beside one busy process.
+constexpr int64_t kMinParallelWork = int64_t(1) << 18;
+
 // How many pieces to cut `work` (multiply-adds) into: one when the whole job
 // is too small to pay for waking the thread pool.
 int64_t num_parts(int64_t rows, int64_t work) {
-  if (rows <= 1 || work < (1 << 15)) return 1;
+  if (rows <= 1 || work < kMinParallelWork) return 1;
   return std::min<int64_t>(rows, int64_t(at::get_num_threads()) * 4);
 }
 
@@ -279,7 +286,7 @@ Tensor stacked_csr_linear(const Tensor& x_in, const Tensor& crow_in, const Tenso
     const I* crow_p = crow.data_ptr<I>();
     const int64_t per_model = std::max<int64_t>(1, std::min<int64_t>(M, at::get_num_threads() * 4 / G));
     const int64_t nnz = int64_t(crow_p[G * (M + 1) - 1]) - int64_t(crow_p[0]);
-    const int64_t parts = (nnz + G * M) * B < (1 << 15) ? 1 : G * per_model;
+    const int64_t parts = (nnz + G * M) * B < kMinParallelWork ? 1 : G * per_model;
     const auto task = [&](int64_t t) {
       const int64_t first = parts == 1 ? 0 : t / per_model, last = parts == 1 ? G : first + 1;
       for (int64_t g = first; g < last; ++g) {
