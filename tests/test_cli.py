@@ -115,3 +115,72 @@ def test_interrupt_exits_130_with_the_resume_hint(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(experiments, "run_experiment", interrupted)
     code, _, err = _run(capsys, "reproduce", "--quick", "--out", tmp_path / "r")
     assert code == 130 and err == "interrupted; rerun the same command to resume\n"
+
+
+def test_stage_lines_name_each_finished_piece_and_say_what_finished_earlier():
+    from sparsemia.cli import _StageLines
+
+    lines: list[str] = []
+    stages = _StageLines(["none", "admm"], named=True, write=lines.append)
+    for call in [("targets", 0, 2), ("targets", 1, 2), ("targets", 2, 2),
+                 ("shadows (none)", 1, 2), ("shadows (none)", 2, 2),
+                 ("attacks", 0, 2), ("attacks", 1, 2), ("attacks", 1, 2), ("attacks", 2, 2),
+                 ("targets", 0, 2), ("targets", 1, 2)]:  # the next seed starts the stages again
+        stages(*call)
+    body = [line.split("] ", 1)[1] for line in lines]
+    assert body[2] == "shadows (none): 1/2 finished earlier"
+    assert [b.split(" (")[0] for b in body] == [
+        "trained target none", "trained target admm", "shadows",
+        "trained shadow models of none", "attacked none", "attacked admm", "trained target none"]
+    assert all(line.startswith("[0:0") for line in lines)
+    assert body[0].endswith("s; 1/2)") and body[3].endswith("s; task 2/2)")
+
+
+def test_reproduce_prints_a_line_per_finished_stage_when_output_is_not_a_terminal(monkeypatch, tmp_path, capsys):
+    import sparsemia.experiments as experiments
+
+    def fake_run(cfg, out, *, progress, **kwargs):
+        for done in range(len(cfg.defenses) + 1):
+            progress("targets", done, len(cfg.defenses))
+        return {"rows": []}
+
+    monkeypatch.setattr(experiments, "run_experiment", fake_run)
+    code, out, err = _run(capsys, "reproduce", "--quick", "--defenses", "none,magnitude", "--out", tmp_path / "r")
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert lines[0].startswith("reproduce: mnist-lenet5-quick, defenses none, magnitude")
+    assert "trained target none (" in lines[1] and "trained target magnitude (" in lines[2]
+    assert "report:" in lines[-1]
+
+
+def test_train_shows_every_epoch_when_output_is_not_a_terminal(tmp_path, capsys):
+    code, out, err = _run(capsys, "train", "-o", tmp_path / "m.safetensors", "--data", "digits", "--model", "mlp",
+                          "--members", "40", "--test", "20", "--epochs", "3")
+    assert code == 0 and err == "", err
+    lines = out.splitlines()
+    assert lines[0] == "training mlp (none, 3 epochs)"
+    assert [line.split(":")[0] for line in lines[1:4]] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert "wrote" in lines[4]
+
+
+def test_the_readme_names_exactly_the_commands_that_take_config_and_seed():
+    import re
+    from pathlib import Path
+
+    import typer
+
+    from sparsemia.cli import app
+
+    group = typer.main.get_command(app)
+    options = {name: {opt for param in command.params for opt in getattr(param, "opts", ())}
+               for name, command in group.commands.items()}
+    with_config = {name for name, opts in options.items() if "--config" in opts}
+    assert with_config == {name for name, opts in options.items() if "--seed" in opts}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    sentence = re.search(r"The commands that do work \(([^)]*)\)\s+accept\s+`--config FILE.yaml`", readme)
+    assert sentence is not None, "the README's sentence on --config / --seed moved or changed"
+    assert set(re.findall(r"`(\w+)`", sentence.group(1))) == with_config
+    # the README's exceptions: "`info` takes no options and `report` only `--out`"
+    assert set(options) - with_config == {"info", "report"}
+    assert options["info"] - {"--help"} == set() and options["report"] - {"--help"} == {"--out"}
+    assert re.search(r"`info` takes no options and `report`\s+only `--out`", readme)

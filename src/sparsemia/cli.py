@@ -17,6 +17,9 @@ import logging
 import os
 import platform
 import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +90,103 @@ def _main(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logging."),
 ) -> None:
     _state["debug"] = debug
+    root = logging.getLogger()
+    before = list(root.handlers)
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # The library's INFO messages are progress, which the commands show their own way (_working);
+    # the stderr handler prints warnings and errors (everything with --debug).
+    for handler in root.handlers:
+        if handler not in before:
+            handler.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+class _InfoSink(logging.Handler):
+    """Hands each INFO record's message to ``sink`` (the spinner's text, or a line on stderr)."""
+
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self.sink = sink
+        self.addFilter(lambda record: record.levelno == logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink(record.getMessage())
+        except Exception:  # progress display must never break the work
+            self.handleError(record)
+
+
+def _line(message: str) -> None:
+    """A progress line on stdout (stderr is for errors: one line each)."""
+    console.print(escape(message), highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _working(what: str, logger: str = "sparsemia") -> Iterator[None]:
+    """Progress of long work done through the library, which reports it by logging at INFO (epochs, rounds).
+
+    On a terminal: a spinner reading ``what: <latest message>``. Otherwise (a log file, a pipe),
+    where a spinner shows nothing: ``what`` and then each message as a line, so a log says how
+    far the work got.
+    """
+    source = logging.getLogger(logger)
+    saved_level = source.level
+    if source.getEffectiveLevel() > logging.INFO:
+        source.setLevel(logging.INFO)
+    handler = _InfoSink(_line)
+    source.addHandler(handler)
+    try:
+        if console.is_terminal:
+            with console.status(what) as status:
+                handler.sink = lambda message: status.update(f"{what}: {message}")
+                yield
+        else:
+            _line(what)
+            yield
+    finally:
+        source.removeHandler(handler)
+        source.setLevel(saved_level)
+
+
+class _StageLines:
+    """``reproduce``'s progress as one line per finished piece of work, for output that is not a terminal.
+
+    Takes the pipeline's ``progress(stage, done, total)`` calls (the ones that drive the bars on a
+    terminal). Targets, populations and attacks finish in the order of ``defenses`` with the
+    local executor, so their lines name the defense; Ray finishes tasks in any order.
+    """
+
+    _VERBS = {"targets": "trained target", "populations": "trained population", "attacks": "attacked"}
+
+    def __init__(self, defenses: Sequence[str], named: bool, write: Callable[[str], None] = _line) -> None:
+        self.defenses, self.named, self.write = list(defenses), named, write
+        self.start = time.monotonic()
+        self.stages: dict[str, tuple[int, float, bool]] = {}  # stage -> (done, when, started from zero)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        last = self.stages.get(stage)
+        if last is None or done < last[0]:  # a new stage, or the same one for the next seed
+            self.stages[stage] = (done, now, done == 0)
+            if done:
+                self.write(f"{self._clock(now)} {stage}: {done}/{total} finished earlier")
+            return
+        if done == last[0]:
+            return
+        self.stages[stage] = (done, now, last[2])
+        seconds = f"{now - last[1]:.1f} s"
+        verb = self._VERBS.get(stage)
+        if verb is None:  # "shadows (<defense>)"
+            name = stage.partition(" (")[2].rstrip(")") or stage
+            self.write(f"{self._clock(now)} trained shadow models of {name} ({seconds}; task {done}/{total})")
+            return
+        if self.named and last[2] and done - last[0] == 1 and done <= len(self.defenses):
+            self.write(f"{self._clock(now)} {verb} {self.defenses[done - 1]} ({seconds}; {done}/{total})")
+        else:
+            self.write(f"{self._clock(now)} {stage}: {done}/{total} ({seconds})")
+
+    def _clock(self, now: float) -> str:
+        minutes, seconds = divmod(int(now - self.start), 60)
+        return f"[{minutes:d}:{seconds:02d}]"
 
 
 @app.command()
@@ -179,6 +278,8 @@ def bench(
     with console.status("benchmarking") as status:
         for i, row in enumerate(bench_linear(size_list, batch_list, sparsity_list, repeat=opts["repeat"], seed=opts["seed"])):
             status.update(f"benchmarking {i + 1}/{total}")
+            if not console.is_terminal:  # no status line in a log: one line per measurement instead
+                _line(f"benchmarked {i + 1}/{total}: {row.size}x{row.size}, batch {row.batch}, {row.sparsity:.0%}")
             rows.append(row.as_dict())
             table.add_row(
                 str(row.size), str(row.batch), f"{row.sparsity:.0%}", f"{row.dense_ms:.3f}", f"{row.torch_csr_ms:.3f}",
@@ -238,7 +339,7 @@ def prune(
         raise CLIError(f"--block: expected rows,cols, got {block_shape}")
     output_path = Path(opts.pop("output"))
     arch = opts.pop("model_arch")
-    with console.status("pruning"):
+    with _working("pruning"):
         report = prune_saved_model(opts.pop("model_path"), output_path, block=tuple(block_shape), arch=arch, **opts)
     console.print(str(report), highlight=False)
     console.print(f"wrote {output_path} and {report_path(output_path)}", highlight=False)
@@ -303,17 +404,24 @@ def reproduce(
     )
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console) as bars:
-        tasks: dict[str, Any] = {}
+    def run(progress: Callable[[str, int, int], None]) -> dict[str, Any]:
+        return run_experiment(cfg, opts["out"], seeds=opts["seeds"], force=opts["force"],
+                              executor=opts["executor"], ray_address=opts["ray_address"], progress=progress)
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage not in tasks:
-                tasks[stage] = bars.add_task(stage, total=total)
-            bars.update(tasks[stage], completed=done, total=total)
+    if console.is_terminal:
+        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                      TimeElapsedColumn(), console=console) as bars:
+            tasks: dict[str, Any] = {}
 
-        results = run_experiment(cfg, opts["out"], seeds=opts["seeds"], force=opts["force"],
-                                 executor=opts["executor"], ray_address=opts["ray_address"], progress=progress)
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bars.add_task(stage, total=total)
+                bars.update(tasks[stage], completed=done, total=total)
+
+            results = run(progress)
+    else:  # a log file or a pipe: bars would show nothing until the end
+        _line(f"reproduce: {name}, defenses {', '.join(cfg.defenses)}, writing to {opts['out']}")
+        results = run(_StageLines(cfg.defenses, named=opts["executor"] == "local"))
     _print_results(results)
     console.print(f"report: {Path(opts['out']) / 'report.md'}")
 
@@ -401,7 +509,7 @@ def train(
     name = opts["defense"]
     # unset options take the registry's defaults (sparsemia.train.DEFAULTS); train_target records them all
     options = {key: opts[key] for key in ("sparsity", "lam") if opts[key] is not None}
-    with console.status("training"):
+    with _working(f"training {opts['model']} ({name}, {opts['epochs']} epochs)"):
         record = train_target(Path(opts["output"]), model=opts["model"], data=opts["data"], data_root=opts["data_root"],
                               download=opts["download"], members=opts["members"], test=opts["test"],
                               reference=opts["reference"], splits=opts["splits"], defense=name,
@@ -449,7 +557,7 @@ def attack(
     names = _parse_list(opts["attacks"], str, "--attacks") if opts["attacks"] else None
     target = Path(opts["weights"] if opts["weights"] is not None else opts["model_path"])
     train_config = _shadow_config(target, opts)
-    with console.status(f"training {opts['num_shadows']} shadow models and attacking"):
+    with _working(f"training {opts['num_shadows']} shadow models and attacking"):
         results = attack_saved_model(target, Path(opts["out"]), attacks=names, num_shadows=opts["num_shadows"],
                                      data=opts["data"], data_root=opts["data_root"], splits=opts["splits"],
                                      arch=opts["model_arch"], train_config=train_config,

@@ -8,6 +8,7 @@ retrain without depending on the full trainer, and so that the extra loss term
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 
 import torch
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["ExtraLoss", "LossFn", "OptimizerFactory", "train_epochs", "make_optimizer", "model_device"]
+
+logger = logging.getLogger(__name__)
 
 ExtraLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``extra_loss(model, inputs, targets, outputs) -> scalar tensor`` added to the training loss."""
@@ -58,7 +61,7 @@ def train_epochs(
     device = model_device(model)
     model.train()
     history = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         total, count = 0.0, 0
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
@@ -75,4 +78,5 @@ def train_epochs(
             total += float(task_loss.detach()) * len(targets)
             count += len(targets)
         history.append(total / max(count, 1))
+        logger.info("epoch %d/%d: loss %.4f", epoch + 1, epochs, history[-1])
     return history

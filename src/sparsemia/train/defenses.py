@@ -339,13 +339,14 @@ class DPSGD:
                 noise_multiplier=self.noise_multiplier, max_grad_norm=self.max_grad_norm,
             )
         model.train()
-        for _ in range(config.epochs):
+        for epoch in range(config.epochs):
             for inputs, targets in loader:
                 if len(targets) == 0:
                     continue
                 optimizer.zero_grad(set_to_none=True)
                 F.cross_entropy(model(inputs), targets).backward()
                 optimizer.step()
+            logger.info("DP-SGD epoch %d/%d", epoch + 1, config.epochs)
         self.epsilon = float(engine.get_epsilon(self.delta))
         logger.info("DP-SGD: epsilon %.3f at delta %g", self.epsilon, self.delta)
         return getattr(model, "_module", model)

@@ -282,7 +282,8 @@ def fit(
             scheduler.step()
             history.loss.append(total_loss / n)
             history.accuracy.append(correct / n)
-            logger.debug("epoch %d: loss %.4f acc %.4f", epoch, history.loss[-1], history.accuracy[-1])
+            logger.info("epoch %d/%d: loss %.4f, accuracy %.1f%%", epoch + 1, config.epochs, history.loss[-1],
+                        100 * history.accuracy[-1])
             if ckpt is not None:
                 _save_checkpoint(ckpt, model, optimizer, scheduler, history, epoch + 1, config)
     return history
@@ -388,6 +389,8 @@ def fit_stacked(
                 epoch_end(epoch)
             history.loss.append(total_loss / steps)
             history.accuracy.append(correct / (steps * batch * num_models))
+            logger.info("epoch %d/%d of %d stacked models: mean loss %.4f, accuracy %.1f%%", epoch + 1, config.epochs,
+                        num_models, history.loss[-1], 100 * history.accuracy[-1])
             if ckpt is not None:
                 _save_checkpoint(ckpt, model, optimizer, scheduler, history, epoch + 1, config)
     return history
