@@ -20,6 +20,8 @@ def _run(capsys, *args: str) -> tuple[int, str, str]:
 def _one_line_error(capsys, *args, expect: str, code: int = 2) -> str:
     got, out, err = _run(capsys, *args)
     assert got == code, (got, out, err)
+    if args[0] != "reproduce":  # reproduce states its configuration first, then loads the data
+        assert out == "", out  # nothing announced before the input is refused
     assert err.count("\n") == 1 and err.startswith("error: "), err
     assert expect in err, err
     return err

@@ -126,7 +126,7 @@ def _working(what: str, logger: str = "sparsemia") -> Iterator[None]:
 
     On a terminal: a spinner reading ``what: <latest message>``. Otherwise (a log file, a pipe),
     where a spinner shows nothing: ``what`` and then each message as a line, so a log says how
-    far the work got.
+    far the work got (``what`` waits for the first message, so bad input gives only its error).
     """
     source = logging.getLogger(logger)
     saved_level = source.level
@@ -140,8 +140,21 @@ def _working(what: str, logger: str = "sparsemia") -> Iterator[None]:
                 handler.sink = lambda message: status.update(f"{what}: {message}")
                 yield
         else:
-            _line(what)
+            # `what` is written with the first message (or at the end): a command that fails on
+            # its input before any work leaves only its one-line error.
+            announced = False
+
+            def sink(message: str) -> None:
+                nonlocal announced
+                if not announced:
+                    _line(what)
+                    announced = True
+                _line(message)
+
+            handler.sink = sink
             yield
+            if not announced:
+                _line(what)
     finally:
         source.removeHandler(handler)
         source.setLevel(saved_level)
