@@ -63,3 +63,32 @@ def test_tensor_cache_rebuilds_after_a_fused_optimizer_step():
     assert written == pytest.approx(1.5)  # the fused step wrote (its version counter may not say so)
     assert cache.get([p], "sum", lambda: float(p.detach().sum())) == written
     assert cache.get([frozen], "sum", lambda: -1.0) == 2.0  # no grad, not an optimizer's: still cached
+
+
+def test_optimizer_step_listeners_hear_every_step_once():
+    from sparsemia.cache import _step_listeners, on_optimizer_step
+
+    heard = []
+
+    def listener() -> None:
+        heard.append(1)
+
+    on_optimizer_step(listener)
+    on_optimizer_step(listener)  # added once
+    try:
+        p = torch.nn.Parameter(torch.ones(2))
+        for optimizer in (torch.optim.SGD([p], lr=0.1, fused=True), torch.optim.Adam([p], lr=0.1)):
+            p.sum().backward()
+            optimizer.step()
+        assert len(heard) == 2
+    finally:
+        _step_listeners.remove(listener)
+
+
+def test_the_compiled_plan_cache_listens_to_the_one_optimizer_hook():
+    from sparsemia.cache import _step_listeners
+    from sparsemia.ops import extension
+
+    if extension.module() is None:
+        pytest.skip(f"sparsemia._C not loaded: {extension.error()}")
+    assert extension.module().note_optimizer_step in _step_listeners

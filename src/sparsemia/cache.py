@@ -8,8 +8,11 @@ tensor's address taken by a new tensor never returns a stale result.
 
 Version counters miss one kind of write: torch's fused optimizers (``Adam(fused=True)``, the
 trainer's default) update parameters in place without bumping them. Every optimizer step
-therefore counts as a write to every tensor that requires grad (a global step hook counts
-steps); a tensor that requires no grad is not an optimizer's parameter and keeps its entries.
+therefore counts as a write to every tensor that requires grad; a tensor that requires no grad
+is not an optimizer's parameter and keeps its entries. This module registers sparsemia's one
+global optimizer step hook: it counts steps for :class:`TensorCache` and tells every listener
+added with :func:`on_optimizer_step` (the compiled kernels' plan cache, see
+:mod:`sparsemia.ops.extension`).
 """
 
 from __future__ import annotations
@@ -23,21 +26,30 @@ from typing import Generic, TypeVar
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-__all__ = ["LruCache", "TensorCache"]
+__all__ = ["LruCache", "TensorCache", "on_optimizer_step"]
 
 V = TypeVar("V")
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 # Optimizer steps taken in this process (any optimizer: fused ones bypass version counters).
 _optimizer_steps = 0
+_step_listeners: list[Callable[[], None]] = []
 
 
-def _count_optimizer_step(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
+def on_optimizer_step(listener: Callable[[], None]) -> None:
+    """Call ``listener()`` after every optimizer step in this process (once per listener)."""
+    if listener not in _step_listeners:
+        _step_listeners.append(listener)
+
+
+def _optimizer_stepped(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> None:
     global _optimizer_steps
     _optimizer_steps += 1
+    for listener in _step_listeners:
+        listener()
 
 
-register_optimizer_step_post_hook(_count_optimizer_step)
+register_optimizer_step_post_hook(_optimizer_stepped)
 
 
 class LruCache(Generic[V]):

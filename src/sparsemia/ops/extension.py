@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from types import ModuleType
 
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from sparsemia.cache import on_optimizer_step
 
 __all__ = ["error", "module"]
 
@@ -29,14 +29,10 @@ except ImportError as exc:  # pragma: no cover - exercised only on broken instal
     logger.warning("sparsemia._C could not be loaded (%s); only the reference backend is available", exc)
 
 
-def _note_optimizer_step(optimizer, args, kwargs) -> None:
-    # Fused optimizers write parameters without bumping version counters; the
-    # convolution plans that hold weight values must not outlive such a write.
-    _module.note_optimizer_step()
-
-
 if _module is not None:
-    register_optimizer_step_post_hook(_note_optimizer_step)
+    # Fused optimizers write parameters without bumping version counters; the convolution
+    # plans that hold weight values must not outlive such a write (one hook: sparsemia.cache).
+    on_optimizer_step(_module.note_optimizer_step)
 
 
 def module() -> ModuleType | None:
