@@ -51,8 +51,9 @@ def test_zoo_models_match_eager(name, batch, measure):
     assert isinstance(compiled, CompiledModel) and compiled.lowered
     n_layers = sum(isinstance(m, nn.Conv2d | nn.Linear) for m in model.modules())
     assert len(compiled.layers) == n_layers
-    if not measure:  # every pruned layer on the sparse kernels
-        assert all(layer.choice == "sparse" for layer in compiled.layers if layer.density < 1)
+    if not measure:  # every pruned layer on the sparse kernels, a layer pruned away entirely on none
+        assert all(layer.choice == ("zero" if layer.density == 0 else "sparse")
+                   for layer in compiled.layers if layer.density < 1)
     if name != "lenet5":
         assert all(layer.batchnorm_folded for layer in compiled.layers if layer.kind == "conv")
     with torch.no_grad():
@@ -245,3 +246,79 @@ def test_depthwise_and_gemm_candidates_are_exact(candidate, monkeypatch):
     with torch.no_grad():
         for xs in (x, torch.randn(1, 8, 13, 11)):
             assert rel_err(engine(xs), model(xs)) <= 1e-5
+
+
+class _Collapsed(nn.Module):
+    """Layers pruned away entirely: a residual projection (its bias added to the input), one whose
+    constant output feeds a reshape by the batch size, and a head after them."""
+
+    def __init__(self, head_zero: bool) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(4, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU6())
+        self.project = nn.Sequential(nn.Conv2d(12, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4))
+        self.down = nn.Sequential(nn.Conv2d(4, 6, 3, stride=2, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(6 * 2 * 2, 5)
+        self.head_zero = head_zero
+
+    def forward(self, x):
+        x = x + self.project(self.expand(x))
+        y = self.down(x)
+        y = y.view(y.size(0), -1)
+        return torch.relu(self.head(y)) if self.head_zero else self.head(y) + x.mean()
+
+
+@pytest.mark.parametrize("head_zero", [False, True])
+def test_layers_pruned_away_are_folded(head_zero):
+    """A layer with no weight left computes its bias: it runs no kernel, what follows from it
+    alone is computed once, and the result is eager's at any batch size."""
+    torch.manual_seed(0)
+    model = _Collapsed(head_zero).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.bias.normal_(0, 0.5)
+        model.project[0].weight.zero_()
+        model.down[0].weight.zero_()
+        model.down[0].bias.normal_()
+        if head_zero:
+            model.head.weight.zero_()
+    x = torch.randn(3, 4, 9, 9)
+    compiled = sm.compile(model, example_input=x)
+    choices = {layer.name: layer.choice for layer in compiled.layers}
+    assert choices["project.0"] == "zero" and choices["down.0"] == "zero"
+    assert (choices["head"] == "zero") == head_zero
+    assert "pruned away" in compiled.summary()
+    code = compiled.graph_module.code
+    assert "_zero_layer" not in code  # folded: the constants are computed at compile time
+    if head_zero:  # the output does not depend on the input's values: nothing left to run
+        assert "conv" not in code and "expand" not in code
+    with torch.no_grad():
+        for xs in (x, torch.randn(1, 4, 9, 9), torch.randn(6, 4, 9, 9)):
+            y = compiled(xs)
+            ref = model(xs)
+            assert y.shape == ref.shape and y.is_contiguous()
+            assert rel_err(y, ref) <= 1e-5
+        y = compiled(x)
+        y.add_(1.0)  # each call's output is its own tensor
+        assert rel_err(compiled(x), model(x)) <= 1e-5
+
+
+def test_zero_layers_without_bias_and_with_every_epilogue():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, padding=1, bias=False), nn.ReLU6(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(8 * 2 * 2, 6), nn.ReLU(), nn.Linear(6, 4),
+    ).eval()
+    with torch.no_grad():
+        model[2].weight.zero_()
+        model[4].weight.zero_()
+        model[4].bias.normal_()
+        model[8].weight.zero_()
+    x = torch.randn(2, 3, 9, 9)
+    compiled = sm.compile(model, example_input=x, measure=False)
+    assert [layer.choice for layer in compiled.layers] == ["dense", "zero", "zero", "zero", "dense"]
+    with torch.no_grad():
+        for xs in (x, torch.randn(1, 3, 9, 9), torch.randn(4, 3, 8, 8)):
+            assert rel_err(compiled(xs), model(xs)) <= 1e-5

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import statistics
 import time
 from collections.abc import Callable
@@ -117,8 +118,10 @@ class CompiledModel(nn.Module):
         serial = sum(layer.threads == 1 for layer in self.layers) if self._threads > 1 else 0
         depthwise = sum(layer.choice == "depthwise" for layer in self.layers)
         gemm = sum(layer.choice == "dense_gemm" for layer in self.layers)
+        zero = sum(layer.choice == "zero" for layer in self.layers)
         return (f"{sparse}/{len(self.layers)} layers sparse, {folded} BatchNorm folded, {fused} epilogues fused"
                 + (f", {depthwise} depth-wise kernel" if depthwise else "") + (f", {gemm} 1x1 as GEMM" if gemm else "")
+                + (f", {zero} pruned away (their bias, folded)" if zero else "")
                 + (f", {serial} single-threaded" if serial else ""))
 
 
@@ -211,7 +214,10 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
     mask = layer.mask
     found: dict[str, list[tuple]] = {}
     kept = int((mask if mask is not None else weight != 0).sum())
-    if isinstance(m, nn.Conv2d):
+    if kept == 0 and weight.numel() > 0:
+        # pruned away entirely: the output is the bias (after the epilogue), whatever the input
+        found["zero"] = [(_zero_layer, _zero_layer_args(layer, bias))]
+    elif isinstance(m, nn.Conv2d):
         stride, padding, dilation = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
         kernel = tuple(weight.shape[2:])
         pre = []
@@ -263,6 +269,30 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
         run.steps = steps
         out[name] = run
     return out
+
+
+def _zero_layer_args(layer: _Layer, bias: torch.Tensor | None) -> tuple:
+    m = layer.module
+    value = torch.zeros(m.weight.shape[0], dtype=m.weight.dtype) if bias is None else bias.clone()
+    if layer.relu:
+        value = torch.relu(value)
+    if layer.relu6:
+        value = torch.clamp(value, 0.0, 6.0)
+    if not isinstance(m, nn.Conv2d):
+        return (value, None)
+    geometry = (tuple(m.weight.shape[2:]), _pair(m.stride), _pair(m.padding), _pair(m.dilation), max(layer.pool, 1))
+    return (value, geometry)
+
+
+def _zero_layer(x: torch.Tensor, value: torch.Tensor, geometry: tuple | None) -> torch.Tensor:
+    """The output of a layer whose weights are all pruned: ``value`` (its bias after the epilogue)
+    broadcast to the output's shape."""
+    if geometry is None:  # linear: [..., in] -> [..., out]
+        return value.expand(*x.shape[:-1], value.shape[0]).contiguous()
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw), pool = geometry
+    ho = (x.shape[-2] + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (x.shape[-1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return value.view(1, -1, 1, 1).expand(x.shape[0], -1, ho // pool, wo // pool).contiguous()
 
 
 def _dense_epilogue(layer: _Layer) -> list[tuple]:
@@ -444,6 +474,142 @@ def _unbuffer(gm: fx.GraphModule) -> None:
             object.__setattr__(gm, name, tensor)
 
 
+# Operations that compute each sample of a batch from that sample alone and keep the batch
+# dimension first: a value computed by them from constants is the same for every sample.
+_PER_SAMPLE_FUNCTIONS = {
+    operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, torch.add, torch.sub, torch.mul,
+    torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, F.relu, F.relu6, F.hardtanh, F.max_pool2d,
+    F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout, torch.conv2d, torch._C._nn.linear, F.linear,
+    torch.ops.aten.hardtanh_.default, _zero_layer, _set_threads, _gemm_1x1, _subsample, _csr_linear,
+}
+_PER_SAMPLE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d,
+                       nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
+_PER_SAMPLE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_", "contiguous", "add", "mul"}
+# In-place epilogues the lowering writes after a layer's kernel: dead when what they write is.
+_INPLACE_EPILOGUES = {torch.relu_, torch.ops.aten.hardtanh_.default}
+
+
+def _per_sample(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_function":
+        if node.target in (torch.flatten,):
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            return isinstance(start, int) and start >= 1
+        return node.target in _PER_SAMPLE_FUNCTIONS or (
+            isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "sparsemia")
+    if node.op == "call_method":
+        if node.target == "flatten":
+            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+            return isinstance(start, int) and start >= 1
+        return node.target in _PER_SAMPLE_METHODS
+    if node.op == "call_module":
+        m = modules.get(node.target)
+        if isinstance(m, nn.Flatten):
+            return m.start_dim >= 1
+        return isinstance(m, _PER_SAMPLE_MODULES) or (isinstance(m, nn.BatchNorm2d) and not m.training)
+    return False
+
+
+def _broadcast_rows(x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+    """``row`` ([1, ...]) repeated for each of the ``x.shape[0]`` samples of the batch."""
+    return row.expand(x.shape[0], *row.shape[1:]).contiguous()
+
+
+def _fold_constants(gm: fx.GraphModule, inputs: tuple) -> int:
+    """Fold what layers pruned away entirely leave constant; the number of values folded.
+
+    A layer without weights computes its bias (:func:`_zero_layer`), the same for every sample;
+    so does every per-sample operation on such values (the residual projections and the head
+    of a model whose late layers global pruning removed). Each such value that something else
+    reads is computed once here, on the example input, and becomes a constant row repeated to
+    the batch size (or added as a broadcast row); what only fed it is no longer run."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if not placeholders or not isinstance(inputs[0], torch.Tensor) or inputs[0].dim() == 0:
+        return 0
+    modules = dict(gm.named_modules())
+    constant: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        root = node.op == "call_function" and node.target is _zero_layer
+        if root or (node.all_input_nodes and _per_sample(node, modules)
+                    and all(a in constant or a.op == "get_attr" for a in node.all_input_nodes)
+                    and any(a in constant for a in node.all_input_nodes)):
+            constant.add(node)
+    boundary = [n for n in constant if any(u not in constant for u in n.users)]
+    if not boundary:
+        return 0
+    values: dict[fx.Node, object] = {}
+    shapes: dict[fx.Node, torch.Size] = {}
+
+    class Recorder(fx.Interpreter):
+        def run_node(self, n):
+            out = super().run_node(n)
+            if n in constant and isinstance(out, torch.Tensor):
+                values[n] = out.clone()  # before any later in-place epilogue writes it
+            if isinstance(out, torch.Tensor):
+                shapes[n] = out.shape
+            return out
+
+    with torch.no_grad():
+        Recorder(gm).run(*inputs)
+    batch = inputs[0].shape[0]
+    folded = 0
+    for index, node in enumerate(sorted(boundary, key=lambda n: list(gm.graph.nodes).index(n))):
+        value = values.get(node)
+        if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch:
+            continue
+        row = value[:1].clone()
+        if not torch.equal(value, row.expand_as(value)):
+            continue  # not the same for every sample: leave it computed
+        attr = f"_layer_folded{index}"
+        gm.register_buffer(attr, row)
+        with gm.graph.inserting_before(node):
+            row_node = gm.graph.get_attr(attr)
+        full = None
+        for user in [u for u in node.users if u not in constant]:
+            if _broadcast_safe(user, node, shapes):
+                user.replace_input_with(node, row_node)
+                continue
+            if full is None:
+                with gm.graph.inserting_after(row_node):
+                    full = gm.graph.call_function(_broadcast_rows, (placeholders[0], row_node))
+            user.replace_input_with(node, full)
+        folded += 1
+    if folded:
+        _remove_dead(gm)
+    return folded
+
+
+def _broadcast_safe(user: fx.Node, node: fx.Node, shapes: dict[fx.Node, torch.Size]) -> bool:
+    """An addition of ``node``'s value to a tensor of the result's own shape: a [1, ...] row
+    broadcast gives the same result."""
+    if user.op != "call_function" or user.kwargs or len(user.args) != 2:
+        return False
+    if user.target in (operator.add, torch.add):
+        other = user.args[1] if user.args[0] is node else user.args[0]
+    elif user.target is operator.iadd and user.args[1] is node:
+        other = user.args[0]
+    else:
+        return False
+    return (isinstance(other, fx.Node) and other is not node and user in shapes and other in shapes
+            and shapes[user] == shapes[other])
+
+
+def _remove_dead(gm: fx.GraphModule) -> None:
+    """Dead-code elimination that also drops the lowering's in-place epilogues of dead values
+    (``eliminate_dead_code`` keeps every in-place op)."""
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(list(gm.graph.nodes)):
+            if node.users or node.op not in ("call_function", "call_method", "call_module", "get_attr"):
+                continue
+            inplace_of_dead = (node.target in _INPLACE_EPILOGUES and isinstance(node.args[0], fx.Node)
+                               and len(node.args[0].users) == 1)
+            if node.op != "get_attr" and node.is_impure() and not inplace_of_dead:
+                continue
+            gm.graph.erase_node(node)
+            changed = True
+
+
 def compile(
     model: nn.Module,
     example_input: torch.Tensor | tuple[torch.Tensor, ...],
@@ -500,6 +666,9 @@ def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: boo
     captured = _layer_inputs(gm, layers, inputs)
     choices = _lower(gm, layers, captured, measure)
     gm.graph.eliminate_dead_code()
+    if any(choice.choice == "zero" for choice in choices):
+        gm.recompile()
+        _fold_constants(gm, inputs)
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
@@ -526,7 +695,9 @@ def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.T
         candidates = _candidates(layer)
         x = captured.get(layer.name)
         choice.threads = threads
-        if x is None:  # the layer never ran on the example: the cost model's choice
+        if "zero" in candidates:  # nothing to compute, nothing to time; no thread switch either
+            choice.choice, choice.threads = "zero", current
+        elif x is None:  # the layer never ran on the example: the cost model's choice
             choice.choice = "sparse" if "sparse" in candidates else "dense"
         elif measure and len(candidates) > 1:
             with torch.no_grad():
