@@ -2,7 +2,8 @@
 
 The model zoo (LeNet-5 on 1x28x28, VGG-16, ResNet-18 and MobileNetV2 on 3x32x32)
 is pruned by global unstructured magnitude pruning (``sm.prune.magnitude`` then
-``sm.prune.remove``), and the same weights run on:
+``sm.prune.remove``; ``--scope layer``: each layer to the same sparsity), and the same
+weights run on:
 
 * ``eager``: PyTorch eager, dense weights holding the zeros (the reference output);
 * ``torch.compile``: Inductor with freezing (``torch._inductor.config.freezing``);
@@ -22,6 +23,12 @@ output is compared with eager's (``max |y - y_eager| / max |y_eager|``); an
 engine whose output disagrees is marked, never silently timed. An engine that is
 not installed (``pip install -e .[bench]``) or that fails is skipped with the
 reason printed.
+
+Global pruning of a randomly initialised model can remove whole layers (the late, wide
+ones, whose initial weights are the smallest); the benchmark names them. What such a layer
+alone feeds is a constant, which ``sm.compile`` computes once: for MobileNetV2 at 90% and
+95%, VGG-16 and LeNet-5 at 95% that is the whole output, so those cells time a broadcast,
+not a kernel (``--scope layer`` prunes each layer alone and keeps every layer).
 
     python benchmarks/bench_engines.py                                  # the whole grid
     python benchmarks/bench_engines.py --models lenet5 --batches 1,256 --sparsities 0.9
@@ -80,9 +87,10 @@ DEFAULT_TOLERANCE = 1e-4
 # --------------------------------------------------------------------------
 
 
-def pruned_model(key: str, sparsity: float, seed: int = 0) -> nn.Module:
+def pruned_model(key: str, sparsity: float, seed: int = 0, scope: str = "global") -> nn.Module:
     """The zoo model ``key``, randomly initialised (BatchNorm statistics too, so folding them is
-    exercised), globally magnitude-pruned to ``sparsity``, masks made permanent, in eval mode."""
+    exercised), magnitude-pruned to ``sparsity`` (``scope``: "global" over all layers, or "layer":
+    each layer alone), masks made permanent, in eval mode."""
     torch.manual_seed(seed)
     model = MODELS[key][1]()
     with torch.no_grad():
@@ -92,9 +100,14 @@ def pruned_model(key: str, sparsity: float, seed: int = 0) -> nn.Module:
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.normal_(0, 0.1)
-    sm.prune.magnitude(model, sparsity=sparsity, scope="global")
+    sm.prune.magnitude(model, sparsity=sparsity, scope=scope)
     sm.prune.remove(model)
     return model.eval()
+
+
+def layers_pruned_away(model: nn.Module) -> list[str]:
+    """Convolution / linear layers with no weight left (global pruning removes whole layers)."""
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear) and not m.weight.any()]
 
 
 def export_onnx(model: nn.Module, x: torch.Tensor, path: Path) -> None:
@@ -429,6 +442,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sparsities", type=_csv(float), default=[0.9, 0.95])
     p.add_argument("--batches", type=_csv(int), default=[1, 32, 256])
     p.add_argument("--engines", type=_csv(str), default=list(ENGINES), help=f"comma-separated, of {','.join(ENGINES)}")
+    p.add_argument("--scope", choices=("global", "layer"), default="global",
+                   help="magnitude pruning over all layers at once (global) or each layer alone (layer)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over all of them)")
     p.add_argument("--round-seconds", type=float, default=0.2, help="about this long per engine per round")
@@ -482,7 +497,11 @@ def main(argv=None) -> None:
         for key in args.models:
             label, _, shape = MODELS[key]
             for sparsity in args.sparsities:
-                model = pruned_model(key, sparsity)
+                model = pruned_model(key, sparsity, scope=args.scope)
+                gone = layers_pruned_away(model)
+                if gone:
+                    print(f"# {label} {sparsity:.0%}: {len(gone)} layers pruned away entirely ({', '.join(gone)}); "
+                          "what they alone feed is a constant (sm.compile folds it)", flush=True)
                 onnx_path = Path(args.tmpdir) / f"{key}_{sparsity}.onnx"
                 export_onnx(model, torch.randn(1, *shape), onnx_path)
                 for bi, batch in enumerate(args.batches):
@@ -517,8 +536,8 @@ def main(argv=None) -> None:
                     times = interleaved(runners, args.rounds, args.round_seconds)
                     ours = [times[e] for e in SPARSEMIA if e in times]
                     best = min(ours) if ours else None
-                    cell = {"model": label, "sparsity": sparsity, "batch": batch,
-                            "ms": {e: t * 1e3 for e, t in times.items()}, "notes": notes,
+                    cell = {"model": label, "sparsity": sparsity, "batch": batch, "scope": args.scope,
+                            "pruned_away": gone, "ms": {e: t * 1e3 for e, t in times.items()}, "notes": notes,
                             "load": os.getloadavg()[0]}
                     results.append(cell)
                     print_cell(cell, args.engines, best)
