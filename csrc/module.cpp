@@ -43,6 +43,10 @@ int64_t parallel_threads_used() {
 
 }  // namespace
 
+namespace sparsemia::program {
+void bind(pybind11::module& m);  // cpu/program/program.cpp
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "sparsemia compiled operators (registered under torch.ops.sparsemia)";
   m.def("get_cpu_isa", &get_cpu_isa, "ISA the CPU kernels use now");
@@ -56,4 +60,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("with_cuda", &with_cuda, "Whether the CUDA kernels were compiled in");
   m.def("parallel_threads_used", &parallel_threads_used,
         "Threads one at::parallel_for of the compiled kernels runs on (torch.get_num_threads() when threading works)");
+  sparsemia::program::bind(m);
 }

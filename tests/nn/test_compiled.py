@@ -65,7 +65,7 @@ def test_zoo_models_match_eager(name, batch, measure):
 
 def test_fuses_relu_and_pool_of_lenet():
     model = pruned(models.LeNet5)
-    compiled = sm.compile(model, example_input=torch.randn(1, 1, 28, 28), measure=False)
+    compiled = sm.compile(model, example_input=torch.randn(1, 1, 28, 28), measure=False, programs=False)
     assert [layer.epilogue for layer in compiled.layers] == ["relu+maxpool2", "relu+maxpool2", "relu", "relu", ""]
     targets = {n.target for n in compiled.graph_module.graph.nodes if n.op == "call_function"}
     assert torch.ops.sparsemia.csr_conv2d_relu_pool.default in targets
@@ -322,3 +322,68 @@ def test_zero_layers_without_bias_and_with_every_epilogue():
     with torch.no_grad():
         for xs in (x, torch.randn(1, 3, 9, 9), torch.randn(4, 3, 8, 8)):
             assert rel_err(compiled(xs), model(xs)) <= 1e-5
+
+
+needs_programs = pytest.mark.skipif(sm.ops.extension.module() is None or not hasattr(sm.ops.extension.module(), "Program"),
+                                    reason="the C++ extension is not built")
+
+
+@needs_programs
+@pytest.mark.parametrize("name", ["lenet5", "resnet18"])
+def test_whole_model_runs_as_one_program(name):
+    """A fully lowered model's forward is one C++ program call, computing exactly what the graph's
+    Python computes (the same operators), at the example's batch and others."""
+    build, shape = ZOO[name]
+    model = pruned(build)
+    x = torch.randn(1, *shape)
+    compiled = sm.compile(model, example_input=x, measure=False)
+    graph = sm.compile(model, example_input=x, measure=False, programs=False)
+    assert compiled.programs == 1 and compiled._direct is not None and "one C++ program" in compiled.summary()
+    assert graph.programs == 0 and "no C++ program" in graph.summary()
+    for xs in (x, torch.randn(3, *shape)):
+        y = compiled(xs)
+        assert not y.requires_grad
+        assert torch.equal(y, graph(xs))
+        assert rel_err(y, model(xs).detach()) <= 1e-5
+    with torch.inference_mode():
+        assert torch.equal(compiled(x), graph(x))
+
+
+@needs_programs
+def test_model_partly_lowered_runs_programs_around_python():
+    """Nodes without an ATen equivalent stay in the graph between programs."""
+
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x * torch.sigmoid(x.mean()).item()  # a Python float: no program can compute it
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.ReLU(), Gate(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 4),
+                          nn.ReLU(), nn.Linear(4, 3)).eval()
+    sm.prune.magnitude(model, sparsity=0.7, scope="global")
+    sm.prune.remove(model)
+    x = torch.randn(2, 3, 8, 8)
+    compiled = sm.compile(model, example_input=x, measure=False)
+    assert compiled.lowered and compiled._direct is None and compiled.programs == 2
+    assert "2 C++ programs" in compiled.summary()
+    code = compiled.graph_module.code
+    assert code.count(".run(") == 2 and "item" in code
+    for xs in (x, torch.randn(1, 3, 8, 8)):
+        assert rel_err(compiled(xs), model(xs).detach()) <= 1e-5
+
+
+@needs_programs
+def test_programs_dropped_when_they_fail(monkeypatch, caplog):
+    """A program that cannot be built leaves the graph's Python running every operator."""
+    from sparsemia.nn import _program
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no such operator")
+
+    monkeypatch.setattr(_program, "_replace", broken)
+    model = pruned(models.LeNet5)
+    x = torch.randn(1, 1, 28, 28)
+    compiled = sm.compile(model, example_input=x, measure=False)
+    assert compiled.programs == 0 and compiled._direct is None
+    assert "without C++ programs" in caplog.text
+    assert rel_err(compiled(x), model(x).detach()) <= 1e-5

@@ -17,7 +17,11 @@ graph for inference:
   real input from ``example_input`` (dense, dense with the oneDNN fused
   activation where available, sparse);
 * everything else in the graph (pooling, flatten, additions, modules it does not
-  know) runs as before.
+  know) runs as before;
+* every run of nodes with an ATen equivalent (the layers' kernels, ReLU, pooling,
+  flatten, additions) becomes one C++ program (:mod:`sparsemia.nn._program`): a
+  forward of a fully lowered model is one call from Python, the operators called
+  from C++ without the graph's Python in between.
 
 The result is a straight-line ``torch.fx.GraphModule`` wrapped in
 :class:`CompiledModel`. A model that cannot be traced (data-dependent Python
@@ -27,6 +31,7 @@ layer swap, and :attr:`CompiledModel.lowered` says so.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import operator
@@ -41,6 +46,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sparsemia.formats import SparseWeight
+from sparsemia.nn import _program
 from sparsemia.nn.base import SparseWeightModule
 from sparsemia.nn.convert import copy_model, densify, layer_mask, sparsify
 
@@ -85,12 +91,22 @@ class CompiledModel(nn.Module):
         self.lowered = lowered
         self.reason = reason
         self._run = graph_module.forward
+        # the whole forward as one program call (None: the graph's Python runs, calling programs)
+        self._direct = _program.direct_forward(graph_module) if isinstance(graph_module, fx.GraphModule) else None
+        self.programs = sum(name.startswith("_program") for name in vars(graph_module))
         self._folded = any(layer.batchnorm_folded for layer in layers)
         self._threads = torch.get_num_threads()  # compile time's, which compile leaves in place
         self._switches = any(layer.threads != self._threads for layer in layers)
         self.training = graph_module.training
 
     def forward(self, *args, **kwargs):
+        if self._direct is not None and not kwargs:  # runs below autograd
+            if not self._switches:
+                return self._direct(*args)
+            try:
+                return self._direct(*args)
+            finally:
+                torch.set_num_threads(self._threads)
         # Lowered layers call kernels without autograd formulas (the fused epilogues have none).
         with torch.no_grad():
             if not self._switches:
@@ -119,10 +135,12 @@ class CompiledModel(nn.Module):
         depthwise = sum(layer.choice == "depthwise" for layer in self.layers)
         gemm = sum(layer.choice == "dense_gemm" for layer in self.layers)
         zero = sum(layer.choice == "zero" for layer in self.layers)
+        runs = ("one C++ program" if self._direct is not None
+                else f"{self.programs} C++ programs" if self.programs else "no C++ program")
         return (f"{sparse}/{len(self.layers)} layers sparse, {folded} BatchNorm folded, {fused} epilogues fused"
                 + (f", {depthwise} depth-wise kernel" if depthwise else "") + (f", {gemm} 1x1 as GEMM" if gemm else "")
                 + (f", {zero} pruned away (their bias, folded)" if zero else "")
-                + (f", {serial} single-threaded" if serial else ""))
+                + (f", {serial} single-threaded" if serial else "") + f", {runs}")
 
 
 # --------------------------------------------------------------------------
@@ -616,6 +634,7 @@ def compile(
     *,
     fold_batchnorm: bool = True,
     measure: bool = True,
+    programs: bool = True,
 ) -> CompiledModel:
     """Compile a pruned model for CPU inference (see the module docstring).
 
@@ -629,6 +648,8 @@ def compile(
             training mode keeps its BatchNorm layers).
         measure: choose each layer's implementation by timing (default); False: sparse whenever the
             layer has pruned weights.
+        programs: run each run of lowered operators as one C++ program (default; needs the
+            compiled extension); False: the graph's Python calls every operator.
 
     Returns:
         A :class:`CompiledModel`, computing what ``model`` computes (within fp32 rounding; BatchNorm
@@ -643,10 +664,10 @@ def compile(
         raise ValueError("example_input: compile targets the CPU; got a tensor on " +
                          next(str(t.device) for t in inputs if t.device.type != "cpu"))
     with torch.inference_mode(False):  # inference tensors would make the kernels re-plan every call
-        return _compile(model, inputs, fold_batchnorm, measure)
+        return _compile(model, inputs, fold_batchnorm, measure, programs)
 
 
-def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: bool) -> CompiledModel:
+def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: bool, programs: bool) -> CompiledModel:
     if any(isinstance(m, SparseWeightModule) for m in model.modules()):
         model = densify(model)  # the pattern is re-read from the zeros
     else:
@@ -673,7 +694,39 @@ def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: boo
     gm.recompile()
     gm.delete_all_unused_submodules()
     _unbuffer(gm)
+    if programs:
+        _to_programs(gm, inputs)
     return CompiledModel(gm, choices, lowered=True)
+
+
+def _to_programs(gm: fx.GraphModule, inputs: tuple) -> None:
+    """The lowered runs of ``gm`` as C++ programs, kept only when they compute what the graph did
+    (exactly: the same operators on the same arguments)."""
+    with torch.no_grad():
+        expected = gm(*inputs)
+    graph = copy.deepcopy(gm.graph)
+    try:
+        made = _program.lower(gm, inputs)
+        if made:
+            with torch.no_grad():
+                got = gm(*inputs)
+            if not _same(got, expected):
+                raise RuntimeError("the programs' output differs from the graph's")
+    except Exception as exc:  # an operator the program cannot call: the graph's Python runs it
+        logger.warning("sparsemia.compile: running without C++ programs (%s)", exc)
+        for name in [n for n in vars(gm) if n.startswith("_program")]:
+            delattr(gm, name)
+        gm.graph = graph
+        gm.recompile()
+
+
+def _same(got, expected) -> bool:
+    if isinstance(expected, torch.Tensor):
+        return isinstance(got, torch.Tensor) and got.shape == expected.shape and torch.equal(got, expected)
+    if isinstance(expected, list | tuple):
+        return (isinstance(got, list | tuple) and len(got) == len(expected)
+                and all(_same(g, e) for g, e in zip(got, expected, strict=True)))
+    return got == expected
 
 
 def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.Tensor],
