@@ -375,7 +375,7 @@ def test_model_partly_lowered_runs_programs_around_python():
 @needs_programs
 def test_programs_dropped_when_they_fail(monkeypatch, caplog):
     """A program that cannot be built leaves the graph's Python running every operator."""
-    from sparsemia.nn import _program
+    from sparsemia.nn import program as _program
 
     def broken(*args, **kwargs):
         raise RuntimeError("no such operator")

@@ -19,7 +19,7 @@ graph for inference:
 * everything else in the graph (pooling, flatten, additions, modules it does not
   know) runs as before;
 * every run of nodes with an ATen equivalent (the layers' kernels, ReLU, pooling,
-  flatten, additions) becomes one C++ program (:mod:`sparsemia.nn._program`): a
+  flatten, additions) becomes one C++ program (:mod:`sparsemia.nn.program`): a
   forward of a fully lowered model is one call from Python, the operators called
   from C++ without the graph's Python in between.
 
@@ -46,7 +46,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from sparsemia.formats import SparseWeight
-from sparsemia.nn import _program
+from sparsemia.nn import program as _program
 from sparsemia.nn.base import SparseWeightModule
 from sparsemia.nn.convert import copy_model, densify, layer_mask, sparsify
 
