@@ -350,20 +350,29 @@ def test_whole_model_runs_as_one_program(name):
 
 
 @needs_programs
-def test_model_partly_lowered_runs_programs_around_python():
+def test_model_partly_lowered_runs_programs_around_python(caplog):
     """Nodes without an ATen equivalent stay in the graph between programs."""
 
-    class Gate(nn.Module):
-        def forward(self, x):
-            return x * torch.sigmoid(x.mean()).item()  # a Python float: no program can compute it
+    class Gated(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.conv = nn.Conv2d(8, 8, 3)
+            self.head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 2 * 2, 4), nn.ReLU(), nn.Linear(4, 3))
 
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
-                          nn.ReLU(), Gate(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 2 * 2, 4),
-                          nn.ReLU(), nn.Linear(4, 3)).eval()
+        def forward(self, x):
+            y = self.features(x)
+            gate = torch.sigmoid(y.mean()).item()  # a Python float: no program can compute it
+            z = self.conv(y * gate + y)  # y, from the first program, read again by the second
+            return self.head(torch.relu(z))
+
+    model = Gated().eval()
     sm.prune.magnitude(model, sparsity=0.7, scope="global")
     sm.prune.remove(model)
     x = torch.randn(2, 3, 8, 8)
     compiled = sm.compile(model, example_input=x, measure=False)
+    assert "without C++ programs" not in caplog.text
     assert compiled.lowered and compiled._direct is None and compiled.programs == 2
     assert "2 C++ programs" in compiled.summary()
     code = compiled.graph_module.code

@@ -173,10 +173,11 @@ def lower(gm: fx.GraphModule, example_inputs: tuple, min_calls: int = 2) -> int:
             runs.append(current)
         current = []
     made = 0
+    renamed: dict[fx.Node, fx.Node] = {}  # a node of a program before -> the item of its run's result
     for run in runs:
         if sum(isinstance(calls, list) for _, calls in run) < min_calls:
             continue
-        _replace(gm, run, program_class, made)
+        renamed.update(_replace(gm, run, program_class, made, renamed))
         made += 1
     if made:
         graph.eliminate_dead_code()
@@ -197,7 +198,10 @@ def _tensor_args(node: fx.Node, gm: fx.GraphModule, values: dict) -> bool:
     return True
 
 
-def _replace(gm: fx.GraphModule, run: list[tuple[fx.Node, object]], program_class, index: int) -> None:
+def _replace(gm: fx.GraphModule, run: list[tuple[fx.Node, object]], program_class, index: int,
+             renamed: dict[fx.Node, fx.Node]) -> dict[fx.Node, fx.Node]:
+    """Replaces the nodes of ``run`` by one program call; the outputs' new nodes. The calls were
+    found before earlier runs were replaced: a node they read from those is looked up in ``renamed``."""
     from sparsemia.nn import compiled
 
     graph = gm.graph
@@ -208,6 +212,7 @@ def _replace(gm: fx.GraphModule, run: list[tuple[fx.Node, object]], program_clas
 
     def register_of(node: fx.Node) -> int:
         nonlocal count
+        node = renamed.get(node, node)
         if node not in registers:
             if node not in inside:
                 inputs.append(node)
@@ -266,6 +271,7 @@ def _replace(gm: fx.GraphModule, run: list[tuple[fx.Node, object]], program_clas
         node.replace_all_uses_with(item)
     for node, _ in reversed(run):
         graph.erase_node(node)
+    return dict(zip(outputs, items, strict=True))
 
 
 def direct_forward(gm: fx.GraphModule) -> Callable | None:
