@@ -396,3 +396,25 @@ def test_programs_dropped_when_they_fail(monkeypatch, caplog):
     assert compiled.programs == 0 and compiled._direct is None
     assert "without C++ programs" in caplog.text
     assert rel_err(compiled(x), model(x).detach()) <= 1e-5
+
+
+@needs_programs
+def test_single_threaded_layers_leave_the_thread_count(monkeypatch):
+    """Layers timed fastest on one thread switch the count inside the program; compile and every
+    call leave the caller's count in place."""
+    from sparsemia.nn import compiled as compiled_mod
+
+    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n: float(n))  # one thread wins
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = small_bn_model()
+        x = torch.randn(1, 3, 16, 16)
+        compiled = sm.compile(model, example_input=x)
+        assert torch.get_num_threads() == 2
+        assert all(layer.threads == 1 for layer in compiled.layers) and compiled._direct is not None
+        y = compiled(x)
+        assert torch.get_num_threads() == 2
+        assert rel_err(y, model(x).detach()) <= 1e-5
+    finally:
+        torch.set_num_threads(previous)

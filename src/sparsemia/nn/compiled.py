@@ -702,6 +702,14 @@ def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: boo
 def _to_programs(gm: fx.GraphModule, inputs: tuple) -> None:
     """The lowered runs of ``gm`` as C++ programs, kept only when they compute what the graph did
     (exactly: the same operators on the same arguments)."""
+    threads = torch.get_num_threads()  # the graph sets its layers' thread counts: restored below
+    try:
+        _to_programs_checked(gm, inputs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _to_programs_checked(gm: fx.GraphModule, inputs: tuple) -> None:
     with torch.no_grad():
         expected = gm(*inputs)
     graph = copy.deepcopy(gm.graph)
