@@ -418,3 +418,43 @@ def test_single_threaded_layers_leave_the_thread_count(monkeypatch):
         assert rel_err(y, model(x).detach()) <= 1e-5
     finally:
         torch.set_num_threads(previous)
+
+
+class _Inverted(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(8, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU6(),
+            nn.Conv2d(12, 12, 3, padding=1, groups=12, bias=False), nn.BatchNorm2d(12), nn.ReLU6(),
+            nn.Conv2d(12, 8, 1, bias=False), nn.BatchNorm2d(8),
+        )
+
+    def forward(self, x):
+        return x + self.conv(x)
+
+
+@pytest.mark.parametrize("dead", ["some", "all"])
+def test_dead_hidden_channels_of_inverted_residuals_are_dropped(dead):
+    """A hidden channel whose depth-wise filter is pruned away (a constant, which the projection's bias
+    absorbs) or that the projection never reads is not computed; the block still computes eager's."""
+    torch.manual_seed(0)
+    model = _Inverted().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.5)
+                m.bias.normal_(0, 1.0)
+        constant, unread = ([1, 4, 9], [2, 4, 7]) if dead == "some" else (list(range(12)), [])
+        model.conv[3].weight[constant] = 0.0
+        model.conv[6].weight[:, unread] = 0.0
+    x = torch.randn(2, 8, 7, 7)
+    compiled = sm.compile(model, example_input=x)
+    dropped = [layer.channels_dropped for layer in compiled.layers]
+    assert dropped == ([5, 5, 0] if dead == "some" else [0, 0, 0])
+    if dead == "some":
+        assert "5 dead hidden channels dropped" in compiled.summary()
+    else:  # all pruned away: the depth-wise layer is a constant, folded
+        assert compiled.layers[1].choice == "zero"
+    with torch.no_grad():
+        for xs in (x, torch.randn(1, 8, 7, 7), torch.randn(3, 8, 5, 6)):
+            assert rel_err(compiled(xs), model(xs)) <= 1e-5

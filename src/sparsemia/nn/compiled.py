@@ -71,6 +71,7 @@ class LayerChoice:
     batchnorm_folded: bool
     choice: str = ""
     threads: int = 1
+    channels_dropped: int = 0  # output channels computed by no one (see _drop_dead_channels)
     times: dict[str, float] = field(default_factory=dict)
 
 
@@ -98,8 +99,15 @@ class CompiledModel(nn.Module):
         self._threads = torch.get_num_threads()  # compile time's, which compile leaves in place
         self._switches = any(layer.threads != self._threads for layer in layers)
         self.training = graph_module.training
+        # With constants folded (what layers pruned away entirely feed), the graph holds for inputs
+        # of the example's per-sample shapes only; other shapes run the unfolded graph.
+        self._shapes: tuple | None = None
+        self._unfolded: CompiledModel | None = None
 
     def forward(self, *args, **kwargs):
+        if self._shapes is not None and (kwargs or len(args) != len(self._shapes) or any(
+                not isinstance(a, torch.Tensor) or a.shape[1:] != s for a, s in zip(args, self._shapes, strict=True))):
+            return self._unfolded(*args, **kwargs)
         if self._direct is not None and not kwargs:  # runs below autograd
             if not self._switches:
                 return self._direct(*args)
@@ -135,11 +143,13 @@ class CompiledModel(nn.Module):
         depthwise = sum(layer.choice == "depthwise" for layer in self.layers)
         gemm = sum(layer.choice == "dense_gemm" for layer in self.layers)
         zero = sum(layer.choice == "zero" for layer in self.layers)
+        dropped = sum(layer.channels_dropped for layer in self.layers) // 2  # each counted by two layers
         runs = ("one C++ program" if self._direct is not None
                 else f"{self.programs} C++ programs" if self.programs else "no C++ program")
         return (f"{sparse}/{len(self.layers)} layers sparse, {folded} BatchNorm folded, {fused} epilogues fused"
                 + (f", {depthwise} depth-wise kernel" if depthwise else "") + (f", {gemm} 1x1 as GEMM" if gemm else "")
                 + (f", {zero} pruned away (their bias, folded)" if zero else "")
+                + (f", {dropped} dead hidden channels dropped" if dropped else "")
                 + (f", {serial} single-threaded" if serial else "") + f", {runs}")
 
 
@@ -212,6 +222,7 @@ class _Layer:
     pool: int = 0
     folded: bool = False
     mask: torch.Tensor | None = None  # pruning mask (None: the zeros are pruned)
+    dropped: int = 0  # output channels removed by _drop_dead_channels
 
     @property
     def epilogue(self) -> str:
@@ -441,6 +452,72 @@ def _plain_layer(m: nn.Module, weight: torch.Tensor) -> nn.Module:
         if m.bias is not None:
             plain.bias.copy_(m.bias.detach())
     return plain.eval()
+
+
+def _kept(layer: _Layer) -> torch.Tensor:
+    return layer.mask if layer.mask is not None else layer.module.weight.detach() != 0
+
+
+def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None, groups: int) -> nn.Conv2d:
+    out = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), conv.stride, conv.padding,
+                    conv.dilation, groups, bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    with torch.no_grad():
+        out.weight.copy_(weight)
+        if bias is not None:
+            out.bias.copy_(bias)
+    return out.eval()
+
+
+def _drop_dead_channels(layers: list[_Layer], captured: dict[str, torch.Tensor]) -> None:
+    """Inverted-residual chains (convolution -> depth-wise 3x3 -> 1x1 projection, each feeding only the
+    next, elementwise epilogues): drop the hidden channels that unstructured pruning left dead.
+
+    A channel is dead when its depth-wise filter is pruned away (its output is the constant
+    epilogue(bias) everywhere, padding or not; the projection adds its weights times that constant to
+    its bias) or when the projection reads it with no weight. Neither the expansion's row nor the
+    depth-wise filter of a dead channel is then computed."""
+    by_first = {layer.first: layer for layer in layers}
+    for a in layers:
+        b = by_first.get(_single_user(a.last))
+        c = by_first.get(_single_user(b.last)) if b is not None else None
+        if c is None or a.pool or b.pool or not all(isinstance(m.module, nn.Conv2d) for m in (a, b, c)):
+            continue
+        ma, mb, mc = a.module, b.module, c.module
+        hidden = ma.out_channels
+        if not (ma.groups == 1 and mb.groups == mb.in_channels == mb.out_channels == hidden
+                and mc.groups == 1 and mc.in_channels == hidden and mc.kernel_size == (1, 1)
+                and _pair(mc.padding) == (0, 0) and b.name in captured and c.name in captured):
+            continue
+        wc = mc.weight.detach()
+        constant = ~_kept(b).flatten(1).any(1)  # depth-wise filter pruned away
+        unread = ~_kept(c).flatten(2).any(2).any(0)  # no projection weight reads the channel
+        dead = constant | unread
+        keep = (~dead).nonzero().flatten()
+        if not dead.any() or keep.numel() == 0:
+            continue
+        # the projection's bias absorbs what the constant channels add
+        value = torch.zeros(hidden, dtype=wc.dtype) if mb.bias is None else mb.bias.detach().clone()
+        if b.relu:
+            value = torch.relu(value)
+        if b.relu6:
+            value = torch.clamp(value, 0.0, 6.0)
+        fold = constant & ~unread
+        bias_c = torch.zeros(mc.out_channels, dtype=wc.dtype) if mc.bias is None else mc.bias.detach().clone()
+        if fold.any():
+            bias_c = bias_c + wc[:, fold, 0, 0] @ value[fold]
+        a.module = _conv_like(ma, ma.weight.detach()[keep], None if ma.bias is None else ma.bias.detach()[keep], 1)
+        b.module = _conv_like(mb, mb.weight.detach()[keep], None if mb.bias is None else mb.bias.detach()[keep],
+                              keep.numel())
+        c.module = _conv_like(mc, wc[:, keep], bias_c if (mc.bias is not None or fold.any()) else None, 1)
+        if a.mask is not None:
+            a.mask = a.mask[keep]
+        if b.mask is not None:
+            b.mask = b.mask[keep]
+        if c.mask is not None:
+            c.mask = c.mask[:, keep]
+        captured[b.name] = captured[b.name][:, keep]
+        captured[c.name] = captured[c.name][:, keep]
+        a.dropped = b.dropped = hidden - keep.numel()
 
 
 def _layer_inputs(gm: fx.GraphModule, layers: list[_Layer], example_input: tuple) -> dict[str, torch.Tensor]:
@@ -685,18 +762,27 @@ def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: boo
         # Keep the layers as modules so training mode (and autograd) behaves as in the model.
         return CompiledModel(sparsify(model), [], lowered=False, reason="model in training mode")
     captured = _layer_inputs(gm, layers, inputs)
+    _drop_dead_channels(layers, captured)
     choices = _lower(gm, layers, captured, measure)
     gm.graph.eliminate_dead_code()
+    unfolded = None
     if any(choice.choice == "zero" for choice in choices):
         gm.recompile()
-        _fold_constants(gm, inputs)
+        unfolded = fx.GraphModule(gm, copy.deepcopy(gm.graph))
+        if not _fold_constants(gm, inputs):
+            unfolded = None
     gm.graph.lint()
     gm.recompile()
     gm.delete_all_unused_submodules()
     _unbuffer(gm)
     if programs:
         _to_programs(gm, inputs)
-    return CompiledModel(gm, choices, lowered=True)
+    compiled = CompiledModel(gm, choices, lowered=True)
+    if unfolded is not None:
+        _unbuffer(unfolded)
+        compiled._unfolded = CompiledModel(unfolded, choices, lowered=True)
+        compiled._shapes = tuple(t.shape[1:] for t in inputs)
+    return compiled
 
 
 def _to_programs(gm: fx.GraphModule, inputs: tuple) -> None:
@@ -753,6 +839,7 @@ def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.T
         kept = int((layer.mask if layer.mask is not None else weight != 0).sum())
         choice = LayerChoice(layer.name, "conv" if isinstance(layer.module, nn.Conv2d) else "linear",
                              kept / max(weight.numel(), 1), layer.epilogue, layer.folded)
+        choice.channels_dropped = layer.dropped
         candidates = _candidates(layer)
         x = captured.get(layer.name)
         choice.threads = threads
