@@ -508,3 +508,47 @@ def test_a_call_above_the_parallel_threshold_matches_on_one_and_two_threads(pool
             torch.testing.assert_close(y.detach(), ref, atol=1e-10, rtol=1e-12)
     finally:
         torch.set_num_threads(threads)
+
+
+# (B, Cin, Cout, H, W, k, stride, padding, dilation, groups): one image and batch-innermost
+# chunks (and a last, smaller one), strides, an odd width, a 1x1 kernel on narrow rows
+EXPAND_SHAPES = [
+    (1, 10, 6, 17, 19, (3, 3), 1, 1, 1, 1),
+    (5, 12, 7, 6, 6, (3, 3), 1, 1, 1, 1),
+    (3, 9, 5, 13, 11, (3, 3), 2, 1, 1, 1),
+    (19, 8, 6, 7, 5, (3, 3), (2, 1), 1, 1, 1),
+    (4, 8, 6, 9, 9, (5, 3), 1, (2, 0), (1, 2), 2),
+    (18, 8, 6, 4, 4, (1, 1), 1, 0, 1, 1),
+]
+
+
+@pytest.mark.parametrize("expand", ["0", "1", "2"])
+@pytest.mark.parametrize("pool", [0, 1, 2])
+@pytest.mark.parametrize("shape", EXPAND_SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_expanded_layout_and_relu_over_many_channel_blocks(isa, conv_tuning, shape, pool, expand):
+    # a tiny L1 budget and one tap per block: many blocks of input channels, so the ReLU
+    # (pool 1) is applied where the last block stores, also to channels whose last block is empty
+    conv_tuning(EXPAND=expand, L1="256", SEGTAPS="1", COLUMNS="2")
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    w = pruned_kernel(cout, cin // groups, *k, 0.6, empty_channels=1)
+    w[2, : cin // groups // 2] = 0  # the last blocks of this channel hold no tap
+    x = torch.randn(B, cin, H, W)
+    bias = torch.randn(cout)
+    ref = F.conv2d(x, w, bias, stride, padding, dilation, groups)
+    sw = SparseWeight.from_dense(w)
+    with torch.no_grad():
+        if pool == 0:
+            y = sparse_conv2d(x, sw, bias, stride, padding, dilation, groups, backend="cpu")
+        else:
+            if min(ref.shape[2:]) < pool:
+                pytest.skip("output smaller than the window")
+            ref = F.max_pool2d(F.relu(ref), pool)
+            y = sparse_conv2d_relu_pool(x, sw, bias, stride, padding, dilation, groups, pool, backend="cpu")
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-5)
+    if pool == 1:  # the ReLU keeps NaN (against the unfused sparse conv, which skips pruned taps)
+        x[0, 0, 1, 1] = float("nan")
+        with torch.no_grad():
+            y = sparse_conv2d_relu_pool(x, sw, bias, stride, padding, dilation, groups, 1, backend="cpu")
+            ref = F.relu(sparse_conv2d(x, sw, bias, stride, padding, dilation, groups, backend="cpu"))
+        assert ref.isnan().any()
+        torch.testing.assert_close(y, ref, equal_nan=True)

@@ -39,6 +39,39 @@ constexpr int64_t kMinParallelWork = int64_t(1) << 20;
 template <typename T>
 void pack_chunk(const T* x, const Geometry& g, const Packed& pk, int64_t b0, int64_t c0, int64_t c1, T* out) {
   const int64_t img = g.Cin * g.H * g.W, bt = pk.bt;
+  if (pk.copy > 0) {
+    // Expanded: copy kx, output column j holds input column iw = j * sw + kx * dw - pw,
+    // for j in [j0, j1) (the others are padding).
+    std::vector<T> rowt(bt > 1 ? g.W * bt : 0);
+    for (int64_t ci = c0; ci < c1; ++ci)
+      for (int64_t ih = 0; ih < g.H; ++ih) {
+        const int64_t r = ih + g.ph;
+        T* drow = out + ci * pk.plane + (r % g.sh) * pk.phase + (r / g.sh) * pk.x_row;
+        const T* srow = x + b0 * img + (ci * g.H + ih) * g.W;
+        for (int64_t kx = 0; kx < g.kw; ++kx) {
+          const int64_t shift = kx * g.dw - g.pw;  // iw = j * sw + shift
+          const int64_t j0 = shift >= 0 ? 0 : (-shift + g.sw - 1) / g.sw;
+          const int64_t j1 = std::min(g.Wo, g.W - shift > 0 ? (g.W - shift + g.sw - 1) / g.sw : int64_t(0));
+          T* d = drow + kx * pk.copy;
+          if (j0 >= j1) continue;
+          if (bt == 1 && g.sw == 1) {
+            std::memcpy(d + j0, srow + j0 + shift, (j1 - j0) * sizeof(T));
+          } else if (bt == 1) {
+            for (int64_t j = j0; j < j1; ++j) d[j] = srow[j * g.sw + shift];
+          } else {
+            if (kx == 0)  // the row with the batch innermost, once for every kx
+              for (int64_t iw = 0; iw < g.W; ++iw)
+                for (int64_t bb = 0; bb < bt; ++bb) rowt[iw * bt + bb] = srow[bb * img + iw];
+            if (g.sw == 1)
+              std::memcpy(d + j0 * bt, rowt.data() + (j0 + shift) * bt, (j1 - j0) * bt * sizeof(T));
+            else
+              for (int64_t j = j0; j < j1; ++j)
+                std::memcpy(d + j * bt, rowt.data() + (j * g.sw + shift) * bt, bt * sizeof(T));
+          }
+        }
+      }
+    return;
+  }
   for (int64_t ci = c0; ci < c1; ++ci) {
     for (int64_t ih = 0; ih < g.H; ++ih) {
       const int64_t r = ih + g.ph;
@@ -146,6 +179,9 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
   // pool == 0: y is the convolution [B][Cout][Ho][Wo]. pool >= 1: y is the
   // ReLU + max-pool epilogue [B][Cout][Ho / pool][Wo / pool], computed from a
   // chunk's output while it is in cache.
+  // pool == 1 (ReLU alone): applied by the kernels as they store the final sums
+  const bool relu = pool == 1;
+  if (relu) pool = 0;
   const auto kt = kernels_for<T>(active_isa());
   const Entries& e = plan.entries;
   const int64_t nnz = e.crow.back() * std::max<int64_t>(e.kgroup, 1);
@@ -162,6 +198,7 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
     ConvArgs<T> a{e.crow.data(), plan.offset[last].data(), values, xpacked, pk.x_row, pk.len, out, 0, 0, bias,
                   bl.seg.empty() ? nullptr : bl.seg.data(), bl.nseg, bl.band_rows, bl.band_len};
     a.kgroup = e.kgroup;
+    a.relu = relu;
     if (direct) {  // bt == 1: write straight into NCHW
       a.y_co = hw;
       a.y_oh = pk.out_rows == 1 ? 0 : g.Wo;
@@ -171,7 +208,7 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
     }
     return a;
   };
-  const bool in_place = reads_in_place(g, ch.bt, plan.layout[0].flat);
+  const bool in_place = reads_in_place(g, ch.bt, plan.layout[0].flat) && plan.layout[0].copy == 0;
   const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
   const int64_t img_y = pool > 0 ? g.Cout * (g.Ho / pool) * (g.Wo / pool) : img_out;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);

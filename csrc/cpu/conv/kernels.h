@@ -47,6 +47,9 @@ struct ConvArgs {
   // R output rows then loads each of its R + kh - 1 input rows once for R * kh
   // multiply-adds instead of once per multiply-add. 0: single taps.
   int64_t kgroup = 0;
+  // ReLU on the final sums (NaN kept), applied where a tile is stored after its
+  // last block of input channels.
+  bool relu = false;
 };
 
 // Kernel heights the column-group kernels are compiled for.

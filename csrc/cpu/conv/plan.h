@@ -25,11 +25,19 @@ namespace sparsemia::cpu::conv {
 //   SPARSEMIA_CONV_L1       bytes of input one block of input channels of a band
 //                           may read (default 32 KiB, about the L1 data cache)
 //   SPARSEMIA_CONV_ROWS     output rows per band (default 8)
+//   SPARSEMIA_CONV_EXPAND   the expanded packed layout (Packed): 0 never, 1 for
+//                           chunks of one image (default), 2 for every chunk
+//   SPARSEMIA_CONV_SEGTAPS  least stored taps per output channel and block of
+//                           input channels (fewer blocks when a row has fewer
+//                           taps: each block reloads and stores the tile's partial
+//                           sums; default 32)
 struct Tuning {
   int64_t bt = 0;          // 0: chosen per layer
   double columns = -1;     // < 0: the default rule
   int64_t l1 = int64_t(32) << 10;
   int64_t rows = 8;
+  int64_t expand = 1;
+  int64_t segtaps = 32;
 };
 
 // The knobs in effect (a copy: a call plans with one consistent set).
@@ -61,13 +69,22 @@ bool flat_plane(const Geometry& g, int64_t bt);
 // as a flat plane, which reads past the last row).
 bool reads_in_place(const Geometry& g, int64_t bt, bool flat);
 
-// Strides of the packed buffer X'[Cin][sh][sw][Hq][Wq][bt].
+// Strides of the packed buffer X'[Cin][sh][sw][Hq][Wq][bt], or, expanded
+// (forward calls that are neither a flat plane nor a 1x1 conv read in place),
+// X'[Cin][kw][sh][Hq][P] with P = Wo * bt rounded up to whole 64-byte vectors:
+// copy kx holds at (j, b) the padded input column j * sw + kx * dw of image b,
+// so every tap of every output row reads one run that starts at a 64-byte
+// boundary. The kernels' loads then never straddle two cache lines (unaligned
+// vector loads at the kx = 1, 2 shifts of a plain row split; on AVX-512 a split
+// load costs two L1 accesses, which bounded the single-tap kernel at about one
+// multiply-add vector per cycle).
 struct Packed {
   int64_t bt, phase, plane, size;  // elements per phase, per channel, per chunk
   int64_t x_row, len;              // kernel row step and row length
   int64_t out_rows;                // output rows the kernel sees (1 when a 1x1 conv is one long row)
   bool flat;                       // the output plane as one run (flat_plane)
   int64_t stage;                   // flat: elements per output channel in the staging buffer
+  int64_t copy = 0;                // expanded: elements between the kx copies of a channel (0: not expanded)
 };
 
 // The entries the kernels run over, per output channel: single stored taps
