@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.utils.prune as torch_prune
@@ -347,6 +349,8 @@ def test_whole_model_runs_as_one_program(name):
         assert rel_err(y, model(xs).detach()) <= 1e-5
     with torch.inference_mode():
         assert torch.equal(compiled(x), graph(x))
+    copied = copy.deepcopy(compiled)  # shares the programs, which nothing changes
+    assert torch.equal(copied(x), compiled(x))
 
 
 @needs_programs

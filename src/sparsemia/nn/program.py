@@ -139,7 +139,12 @@ def _program_class():
     from sparsemia.ops import extension
 
     module = extension.module()
-    return getattr(module, "Program", None) if module is not None else None
+    program_class = getattr(module, "Program", None) if module is not None else None
+    if program_class is not None and not hasattr(program_class, "__deepcopy__"):
+        # A program is not changed once built: a copy of the compiled model shares it (its constants too).
+        program_class.__copy__ = lambda self: self
+        program_class.__deepcopy__ = lambda self, memo: self
+    return program_class
 
 
 def lower(gm: fx.GraphModule, example_inputs: tuple, min_calls: int = 2) -> int:
