@@ -227,6 +227,8 @@ def _shadow_model_scores(
     together as one batched model (full-batch Adam, lr 1e-2, weight decay 1e-4 — scikit-learn's
     ``MLPClassifier`` one target at a time costs seconds per target for the same attack).
     """
+    from sparsemia.train.trainer import fused_optimizer
+
     k, n, c = plain.shape
     probs = np.sort(signals.probabilities(plain), axis=-1)[..., ::-1]
     feats = np.concatenate([probs, np.broadcast_to(np.eye(c)[labels][None], (k, n, c))], axis=-1)
@@ -260,7 +262,7 @@ def _shadow_model_scores(
                 x = torch.relu(x)
         return x.squeeze(-1)
 
-    opt = torch.optim.Adam(params, lr=1e-2, weight_decay=1e-4)
+    opt = fused_optimizer(torch.optim.Adam, params, lr=1e-2, weight_decay=1e-4)
     for _ in range(steps):
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(forward(xt), yt)

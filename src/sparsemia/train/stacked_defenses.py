@@ -34,7 +34,7 @@ from torch import nn
 from sparsemia.nn.stacked import StackedModel, stack_models
 from sparsemia.seeds import derive_seed
 from sparsemia.train.defenses import DEFENSES, DefenseOptions, InferenceModel, canonical_defense
-from sparsemia.train.trainer import TrainConfig, fit_stacked
+from sparsemia.train.trainer import TrainConfig, fit_stacked, fused_optimizer
 
 __all__ = ["StackedMinMax", "train_stacked_defense", "stacked_masks"]
 
@@ -73,7 +73,7 @@ class StackedMinMax:
         self.label = stack_models([m.label for m in models])
         self.combine = stack_models([m.combine for m in models])
         self._parameters = [p for part in (self.prediction, self.label, self.combine) for p in part.parameters()]
-        self._optimizer = torch.optim.Adam(self._parameters, lr=attack_lr)
+        self._optimizer = fused_optimizer(torch.optim.Adam, self._parameters, lr=attack_lr)
         self._generator = torch.Generator().manual_seed(derive_seed(seed, "reference-batches"))
 
     def inference(self, probabilities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
