@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# As the sparsemia command does (sparsemia/__init__.py): libgomp's spinning barriers collapse on a
+# machine shared with other jobs; set before torch loads libgomp, unless the user chose.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 try:
     from sparsemia import _C
