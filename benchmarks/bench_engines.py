@@ -1,9 +1,9 @@
 """Pruned models on the CPU: sparsemia against the engines people deploy with.
 
 The model zoo (LeNet-5 on 1x28x28, VGG-16, ResNet-18 and MobileNetV2 on 3x32x32)
-is pruned by global unstructured magnitude pruning (``sm.prune.magnitude`` then
-``sm.prune.remove``; ``--scope layer``: each layer to the same sparsity), and the same
-weights run on:
+is pruned by unstructured magnitude pruning (``sm.prune.magnitude`` then
+``sm.prune.remove``; by default each layer to the same sparsity, ``--scope global``: one
+threshold over all layers), and the same weights run on:
 
 * ``eager``: PyTorch eager, dense weights holding the zeros (the reference output);
 * ``torch.compile``: Inductor with freezing (``torch._inductor.config.freezing``);
@@ -24,11 +24,12 @@ engine whose output disagrees is marked, never silently timed. An engine that is
 not installed (``pip install -e .[bench]``) or that fails is skipped with the
 reason printed.
 
-Global pruning of a randomly initialised model can remove whole layers (the late, wide
-ones, whose initial weights are the smallest); the benchmark names them. What such a layer
-alone feeds is a constant, which ``sm.compile`` computes once: for MobileNetV2 at 90% and
-95%, VGG-16 and LeNet-5 at 95% that is the whole output, so those cells time a broadcast,
-not a kernel (``--scope layer`` prunes each layer alone and keeps every layer).
+Why layer by layer by default: the zoo's weights are randomly initialised, and global
+pruning of such a model removes whole layers (the late, wide ones, whose initial weights
+are the smallest); the benchmark names them. What such a layer alone feeds is a constant,
+which ``sm.compile`` computes once: for MobileNetV2 at 90% and 95%, VGG-16 and LeNet-5 at
+95% that is the whole output, so with ``--scope global`` those cells time a broadcast, not
+a kernel. Pruning each layer to the same sparsity keeps every layer and its work.
 
     python benchmarks/bench_engines.py                                  # the whole grid
     python benchmarks/bench_engines.py --models lenet5 --batches 1,256 --sparsities 0.9
@@ -87,7 +88,7 @@ DEFAULT_TOLERANCE = 1e-4
 # --------------------------------------------------------------------------
 
 
-def pruned_model(key: str, sparsity: float, seed: int = 0, scope: str = "global") -> nn.Module:
+def pruned_model(key: str, sparsity: float, seed: int = 0, scope: str = "layer") -> nn.Module:
     """The zoo model ``key``, randomly initialised (BatchNorm statistics too, so folding them is
     exercised), magnitude-pruned to ``sparsity`` (``scope``: "global" over all layers, or "layer":
     each layer alone), masks made permanent, in eval mode."""
@@ -442,7 +443,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sparsities", type=_csv(float), default=[0.9, 0.95])
     p.add_argument("--batches", type=_csv(int), default=[1, 32, 256])
     p.add_argument("--engines", type=_csv(str), default=list(ENGINES), help=f"comma-separated, of {','.join(ENGINES)}")
-    p.add_argument("--scope", choices=("global", "layer"), default="global",
+    p.add_argument("--scope", choices=("global", "layer"), default="layer",
                    help="magnitude pruning over all layers at once (global) or each layer alone (layer)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median over all of them)")
