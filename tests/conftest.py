@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
-# As the sparsemia command does (sparsemia/__init__.py): libgomp's spinning barriers collapse on a
-# machine shared with other jobs; set before torch loads libgomp, unless the user chose.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 try:
     from sparsemia import _C

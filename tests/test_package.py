@@ -90,29 +90,3 @@ def _private_imports(path: Path) -> list[str]:
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_no_private_names_imported_across_modules(name):
     assert _private_imports(MODULES[name]) == []
-
-
-
-@pytest.mark.parametrize("argv0, preset, expected", [
-    ("/usr/bin/sparsemia", None, "PASSIVE"),  # the console script
-    ("-m", None, "PASSIVE"),  # python -m sparsemia.cli, while the package loads
-    ("/usr/bin/sparsemia", "ACTIVE", "ACTIVE"),  # the user's choice stands
-    ("script.py", None, None),  # a library user's own process
-])
-def test_the_command_waits_for_openmp_passively_and_a_library_user_is_left_alone(monkeypatch, argv0, preset,
-                                                                                   expected):
-    import sparsemia
-
-    if preset is None:
-        monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    else:
-        monkeypatch.setenv("OMP_WAIT_POLICY", preset)
-    monkeypatch.setattr(sys, "argv", [argv0])
-    monkeypatch.delitem(sys.modules, "torch")  # as before torch loads libgomp; restored afterwards
-    sparsemia._passive_openmp_on_the_command_line()
-    assert os.environ.get("OMP_WAIT_POLICY") == expected
-    monkeypatch.undo()
-    monkeypatch.setattr(sys, "argv", ["/usr/bin/sparsemia"])
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    sparsemia._passive_openmp_on_the_command_line()  # torch already loaded: too late to matter, left alone
-    assert "OMP_WAIT_POLICY" not in os.environ

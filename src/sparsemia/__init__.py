@@ -7,30 +7,9 @@ stays fast and a part that is not needed is never loaded.
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import TYPE_CHECKING, Any
 
-
-def _passive_openmp_on_the_command_line() -> None:
-    """The ``sparsemia`` command (and ``python -m sparsemia...``) waits for OpenMP work passively.
-
-    libgomp's default, spinning at every barrier, costs little on an idle machine and collapses
-    on a shared one: with more runnable threads than cores, training the quick run's first
-    population took 240 s instead of 22 s on two cores at load 9 (same numbers; see the README).
-    The variable is read once, when torch loads libgomp, so it is set here, before that, and
-    only where the process is the command (a library user's own process is left alone) and the
-    user has not set it.
-    """
-    if "torch" in sys.modules or not sys.argv:
-        return
-    if sys.argv[0] == "-m" or os.path.basename(sys.argv[0]) == "sparsemia":
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-
-_passive_openmp_on_the_command_line()
-
-import torch  # noqa: E402, F401  (loads the libtorch libraries that sparsemia._C links against)
+import torch  # noqa: F401  (loads the libtorch libraries that sparsemia._C links against)
 
 __version__ = "0.1.0"
 
