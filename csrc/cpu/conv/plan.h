@@ -26,9 +26,8 @@ namespace sparsemia::cpu::conv {
 //                           may read (default 32 KiB, about the L1 data cache)
 //   SPARSEMIA_CONV_ROWS     output rows per band (default 8)
 //   SPARSEMIA_CONV_EXPAND   the expanded packed layout (Packed): 0 never, 1 for
-//                           chunks of one image and layers with at least 64 stored
-//                           taps per input channel and kernel column (default), 2
-//                           always
+//                           layers with at least 64 stored taps per input channel
+//                           and kernel column (default), 2 always
 //   SPARSEMIA_CONV_SEGTAPS  least stored taps per output channel and block of
 //                           input channels (fewer blocks when a row has fewer
 //                           taps: each block reloads and stores the tile's partial
