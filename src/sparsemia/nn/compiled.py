@@ -300,13 +300,20 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
     return out
 
 
-def _zero_layer_args(layer: _Layer, bias: torch.Tensor | None) -> tuple:
-    m = layer.module
-    value = torch.zeros(m.weight.shape[0], dtype=m.weight.dtype) if bias is None else bias.clone()
+def _constant_output(layer: _Layer, bias: torch.Tensor | None) -> torch.Tensor:
+    """Per output channel, what ``layer`` outputs when its weights are all zero: its epilogue of ``bias``."""
+    weight = layer.module.weight
+    value = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias.detach().clone()
     if layer.relu:
         value = torch.relu(value)
     if layer.relu6:
         value = torch.clamp(value, 0.0, 6.0)
+    return value
+
+
+def _zero_layer_args(layer: _Layer, bias: torch.Tensor | None) -> tuple:
+    m = layer.module
+    value = _constant_output(layer, bias)
     if not isinstance(m, nn.Conv2d):
         return (value, None)
     geometry = (tuple(m.weight.shape[2:]), _pair(m.stride), _pair(m.padding), _pair(m.dilation), max(layer.pool, 1))
@@ -496,11 +503,7 @@ def _drop_dead_channels(layers: list[_Layer], captured: dict[str, torch.Tensor])
         if not dead.any() or keep.numel() == 0:
             continue
         # the projection's bias absorbs what the constant channels add
-        value = torch.zeros(hidden, dtype=wc.dtype) if mb.bias is None else mb.bias.detach().clone()
-        if b.relu:
-            value = torch.relu(value)
-        if b.relu6:
-            value = torch.clamp(value, 0.0, 6.0)
+        value = _constant_output(b, mb.bias)
         fold = constant & ~unread
         bias_c = torch.zeros(mc.out_channels, dtype=wc.dtype) if mc.bias is None else mc.bias.detach().clone()
         if fold.any():
@@ -584,17 +587,21 @@ _PER_SAMPLE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_", "c
 _INPLACE_EPILOGUES = {torch.relu_, torch.ops.aten.hardtanh_.default}
 
 
+def _flattens_per_sample(node: fx.Node) -> bool:
+    """``torch.flatten(x, start_dim)`` / ``x.flatten(start_dim)`` keeping the batch dimension."""
+    start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
+    return isinstance(start, int) and start >= 1
+
+
 def _per_sample(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_function":
-        if node.target in (torch.flatten,):
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            return isinstance(start, int) and start >= 1
+        if node.target is torch.flatten:
+            return _flattens_per_sample(node)
         return node.target in _PER_SAMPLE_FUNCTIONS or (
             isinstance(node.target, torch._ops.OpOverload) and node.target.namespace == "sparsemia")
     if node.op == "call_method":
         if node.target == "flatten":
-            start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)
-            return isinstance(start, int) and start >= 1
+            return _flattens_per_sample(node)
         return node.target in _PER_SAMPLE_METHODS
     if node.op == "call_module":
         m = modules.get(node.target)
