@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import pickle
+import random
 
 import pytest
 import torch
@@ -32,7 +32,7 @@ def files(tmp_path):
     (tmp_path / "bad.yaml").write_text("epochs: 3\ndefenses: [none\n")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     (tmp_path / "afile").write_text("x")
-    (tmp_path / "random.pt").write_bytes(os.urandom(256))
+    (tmp_path / "random.pt").write_bytes(bytes(random.Random(0).randrange(256) for _ in range(256)))
     return tmp_path
 
 

@@ -126,8 +126,10 @@ _NOISE = bytes(random.Random(0).randrange(256) for _ in range(64))
         (b"", "neither a safetensors file nor a torch .pt file"),
         (b"PK\x03\x04" + _NOISE, "not a readable torch file"),
         (b"\x80\x02" + _NOISE, "not a readable torch file"),
+        (b"\xff" * 8 + b"{" + _NOISE, "neither a safetensors file nor a torch .pt file"),  # impossible header length
+        (b"\x80\x00" + _NOISE, "neither a safetensors file nor a torch .pt file"),  # 0x80 without a protocol
     ],
-    ids=["random", "empty", "zip-header", "pickle-header"],
+    ids=["random", "empty", "zip-header", "pickle-header", "brace-at-8", "0x80-no-proto"],
 )
 def test_corrupted_files_name_the_file(tmp_path, content, message):
     path = tmp_path / "bad.pt"

@@ -196,9 +196,10 @@ def _kind(path: Path) -> str:
         head = f.read(9)
     if head[:4] == b"PK\x03\x04":
         return "torch-zip"
-    if head[:1] == b"\x80":
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):  # pickle PROTO opcode
         return "torch-legacy"
-    if len(head) == 9 and head[8:9] == b"{":
+    # safetensors: an 8-byte little-endian header length (the format caps it at 100 MB), then the JSON header
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= 100_000_000:
         return "safetensors"
     return "unknown"
 
