@@ -34,6 +34,11 @@ TORCH_LIBRARY(sparsemia, m) {
   // full-size output is never written to memory. No autograd (training composes the three ops).
   m.def("csr_conv2d_relu_pool(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups, int pool) -> Tensor");
+  // Residual epilogue: csr_conv2d(...) + residual, then the ReLU when relu (a ResNet block's
+  // last convolution with its shortcut), the sum added as the kernels store their output.
+  // residual [B, Cout, Ho, Wo], any strides. Returns [B, Cout, Ho, Wo].
+  m.def("csr_conv2d_add(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int[2] kernel_size, "
+        "int[2] stride, int[2] padding, int[2] dilation, int groups, Tensor residual, bool relu) -> Tensor");
   // Depth-wise convolution: x [B, C, H, W], a dense weight [C, 1, kh, kw] whose zero taps are
   // skipped (pruned), groups = C; the result clamped to [min, max] (ReLU: [0, inf], ReLU6: [0, 6],
   // none: [-inf, inf]). Returns [B, C, Ho, Wo], like clamp(F.conv2d(...), min, max).

@@ -250,6 +250,75 @@ def test_depthwise_and_gemm_candidates_are_exact(candidate, monkeypatch):
             assert rel_err(engine(xs), model(xs)) <= 1e-5
 
 
+class _Residual(nn.Module):
+    """Residual additions: a projected shortcut plus a block's last convolution and a ReLU, a 1x1
+    convolution plus its input without a ReLU, its input plus a depth-wise one, and an addition that
+    broadcasts (not fused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Sequential(nn.Conv2d(6, 8, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU())
+        self.conv2 = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.shortcut = nn.Sequential(nn.Conv2d(6, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+        self.project = nn.Conv2d(8, 8, 1)
+        self.depthwise = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+        self.last = nn.Conv2d(8, 8, 3, padding=1)
+        self.row = nn.Parameter(torch.randn(1, 8, 1, 1))
+
+    def forward(self, x):
+        y = torch.relu(self.shortcut(x) + self.conv2(self.conv1(x)))
+        y = self.project(y) + y
+        y = torch.relu(y + self.depthwise(y))
+        return self.last(y) + self.row
+
+
+@pytest.mark.parametrize("candidate", ["sparse", "dense", "dense_fused", "dense_gemm", "depthwise", None])
+def test_residual_additions_fused_with_every_candidate(candidate, monkeypatch):
+    """The addition (and the ReLU after it) is part of every candidate, each exact against eager,
+    at the example's batch and at batch 1; the lowered model is one program."""
+    from sparsemia.nn import compiled as compiled_mod
+
+    if candidate == "dense_fused" and compiled_mod._MKLDNN_BINARY is None:
+        pytest.skip("torch without oneDNN's fused convolutions")
+    torch.manual_seed(0)
+    model = _Residual().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+    sm.prune.magnitude(model, sparsity=0.5, scope="layer")
+    sm.prune.remove(model)
+    real = compiled_mod._candidates
+
+    def marked(layer):
+        found = real(layer)
+        if candidate in found:
+            found[candidate].forced = True
+        return found
+
+    monkeypatch.setattr(compiled_mod, "_candidates", marked)
+    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n: 0.0 if getattr(fn, "forced", False) else 1.0)
+    x = torch.randn(3, 6, 11, 9)
+    engine = sm.compile(model, example_input=x)
+    layers = {layer.name: layer for layer in engine.layers}
+    assert {name: layer.epilogue for name, layer in layers.items()} == {
+        # of two layers added, the first traced takes the addition
+        "conv1.0": "relu", "conv2.0": "", "shortcut.0": "add+relu", "project": "add", "depthwise": "add+relu",
+        "last": ""}
+    if candidate == "sparse":
+        assert all(layer.choice == "sparse" for layer in layers.values())
+    elif candidate == "depthwise":
+        assert layers["depthwise"].choice == "depthwise"
+    elif candidate is not None:  # the 1x1 shortcut with the addition and the ReLU fused
+        assert layers["shortcut.0"].choice == layers["project"].choice == candidate
+    if hasattr(sm.ops.extension.module(), "Program") and candidate != "dense_gemm":  # a GEMM runs in Python
+        assert engine.programs == 1 and engine._direct is not None
+    with torch.no_grad():
+        for xs in (x, torch.randn(1, 6, 11, 9), torch.randn(2, 6, 11, 9)[..., ::2, :]):
+            assert rel_err(engine(xs), model(xs)) <= 1e-5
+
+
 class _Collapsed(nn.Module):
     """Layers pruned away entirely: a residual projection (its bias added to the input), one whose
     constant output feeds a reshape by the batch size, and a head after them."""

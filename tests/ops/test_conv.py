@@ -552,3 +552,88 @@ def test_expanded_layout_and_relu_over_many_channel_blocks(isa, conv_tuning, sha
             ref = F.relu(sparse_conv2d(x, sw, bias, stride, padding, dilation, groups, backend="cpu"))
         assert ref.isnan().any()
         torch.testing.assert_close(y, ref, equal_nan=True)
+
+
+# ---- fused residual epilogue (csr_conv2d_add: a ResNet block's last convolution and its shortcut) ----
+
+
+def _conv_add(x, sw, bias, residual, relu, stride, padding, dilation, groups, kernel):
+    pair = lambda v: list(v) if isinstance(v, tuple) else [v, v]  # noqa: E731
+    return torch.ops.sparsemia.csr_conv2d_add(x, sw.crow_indices, sw.col_indices, sw.values, bias, list(kernel),
+                                              pair(stride), pair(padding), pair(dilation), groups, residual, relu)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_add_matches_conv_plus_residual(isa, entries, shape, relu):
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    w = pruned_kernel(cout, cin // groups, *k, 0.7, empty_channels=1)
+    x = torch.randn(B, cin, H, W)
+    bias = torch.randn(cout)
+    ho, wo = _output_size(shape)
+    # non-contiguous (channels last), as a shortcut computed elsewhere may be
+    residual = torch.randn(B, ho, wo, cout).permute(0, 3, 1, 2)
+    ref = F.conv2d(x, w, bias, stride, padding, dilation, groups) + residual
+    ref = F.relu(ref) if relu else ref
+    y = _conv_add(x, SparseWeight.from_dense(w), bias, residual, relu, stride, padding, dilation, groups, k)
+    atol, rtol = tolerance(torch.float32, w[0].numel())
+    torch.testing.assert_close(y, ref, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", EXPAND_SHAPES, ids=lambda s: "x".join(map(str, s[:5])))
+def test_add_over_many_channel_blocks_and_layouts(isa, conv_tuning, shape, relu):
+    # a tiny L1 budget and one tap per block: the residual is added where the last block stores,
+    # also to channels whose last blocks are empty, and to channels without any tap
+    conv_tuning(EXPAND="2", L1="256", SEGTAPS="1", COLUMNS="2")
+    B, cin, cout, H, W, k, stride, padding, dilation, groups = shape
+    w = pruned_kernel(cout, cin // groups, *k, 0.6, torch.float64, empty_channels=1)
+    w[2, : cin // groups // 2] = 0
+    x = torch.randn(B, cin, H, W, dtype=torch.float64)
+    ho, wo = _output_size(shape)
+    residual = torch.randn(B, cout, ho, wo, dtype=torch.float64)
+    ref = F.conv2d(x, w, None, stride, padding, dilation, groups) + residual
+    ref = F.relu(ref) if relu else ref
+    y = _conv_add(x, SparseWeight.from_dense(w), None, residual, relu, stride, padding, dilation, groups, k)
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-12)
+
+
+def test_add_keeps_nan_adds_before_the_relu_and_threads_agree():
+    w = pruned_kernel(32, 32, 3, 3, 0.7, torch.float64)
+    sw = SparseWeight.from_dense(w)
+    x = torch.randn(4, 32, 16, 16, dtype=torch.float64)  # above the parallel threshold
+    residual = torch.randn(4, 32, 16, 16, dtype=torch.float64) * 10  # flips the sign of many sums
+    residual[1, 3, 4, 5] = float("nan")
+    ref = F.relu(sparse_conv2d(x, sw, padding=1) + residual)
+    assert ((ref > 0) != (F.relu(sparse_conv2d(x, sw, padding=1)) + residual > 0)).any()
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y = _conv_add(x, sw, None, residual, True, 1, 1, 1, 1, (3, 3))
+            torch.testing.assert_close(y, ref, equal_nan=True, atol=1e-10, rtol=1e-12)
+            assert y[1, 3, 4, 5].isnan() and y.isnan().sum() == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_add_opcheck_gradcheck_and_bad_residual(relu):
+    sw = SparseWeight.from_dense(pruned_kernel(5, 3, 3, 3, 0.5, torch.float64))
+    x = torch.randn(2, 3, 7, 6, dtype=torch.float64)
+    bias = torch.randn(5, dtype=torch.float64)
+    residual = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    args = (x, sw.crow_indices, sw.col_indices, sw.values, bias, [3, 3], [2, 2], [1, 1], [1, 1], 1, residual, relu)
+    torch.library.opcheck(torch.ops.sparsemia.csr_conv2d_add.default, args)
+    values = sw.values.clone().requires_grad_()
+    leaves = (x.clone().requires_grad_(), values, bias.clone().requires_grad_(), residual.clone().requires_grad_())
+
+    def fn(x, values, bias, residual):
+        return torch.ops.sparsemia.csr_conv2d_add(x, sw.crow_indices, sw.col_indices, values, bias, [3, 3], [2, 2],
+                                                  [1, 1], [1, 1], 1, residual, relu)
+
+    torch.autograd.gradcheck(fn, leaves)
+    for bad, match in ((residual[:, :4], "shape"), (residual.float(), "dtype")):
+        with pytest.raises(RuntimeError, match=match):
+            torch.ops.sparsemia.csr_conv2d_add(*args[:10], bad, relu)
+

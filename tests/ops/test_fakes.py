@@ -41,6 +41,7 @@ def _cases():
         ("stacked_csr_linear", (torch.randn(2, 3, 12), *stacked, torch.randn(2, 8))),
         ("csr_conv2d", (img, wc, wk, wv, torch.randn(6), *conv_params)),
         ("csr_conv2d_relu_pool", (img, wc, wk, wv, None, *conv_params, 2)),
+        ("csr_conv2d_add", (img, wc, wk, wv, torch.randn(6), *conv_params, torch.randn(2, 6, 7, 7), True)),
         ("csr_conv2d_weight_grad", (img, torch.randn(2, 6, 7, 7), wc, wk, *conv_params)),
     ]
     bad = [
@@ -67,6 +68,9 @@ def _cases():
         ("csr_conv2d_relu_pool", (img, wc, wk, wv, None, *conv_params, 8)),  # window larger than the output
         ("csr_conv2d_relu_pool", (img, wc, wk, wv, None, *conv_params, 0)),
         ("csr_conv2d_weight_grad", (img, torch.randn(2, 6, 6, 7), wc, wk, *conv_params)),  # grad's shape
+        ("csr_conv2d_add", (img, wc, wk, wv, None, *conv_params, torch.randn(2, 6, 7, 6), False)),  # residual
+        ("csr_conv2d_add", (img, wc, wk, wv, None, *conv_params, torch.randn(6, 7, 7), False)),  # 3-D residual
+        ("csr_conv2d_add", (img, wc, wk, wv, None, *conv_params, torch.randn(2, 6, 7, 7).double(), False)),
     ]
     return good, bad
 

@@ -99,25 +99,52 @@ void pack_chunk(const T* x, const Geometry& g, const Packed& pk, int64_t b0, int
   }
 }
 
-// Y'[c1 - c0][Ho][Wo][bt] (channels [c0, c1), staged from c0) -> y[b0 + bb][co][oh][ow].
 template <typename T>
-void unpack_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int64_t c0, int64_t c1, T* y) {
+inline T relu_nan(T v) {
+  return v > T(0) || v != v ? v : T(0);
+}
+
+// Y'[c1 - c0][Ho][Wo][bt] (channels [c0, c1), staged from c0) -> y[b0 + bb][co][oh][ow]; with a
+// residual res (laid out as y), y = Y' + res, then the ReLU when `relu`.
+template <typename T>
+void unpack_chunk(const T* ytmp, const Geometry& g, int64_t b0, int64_t bt, int64_t c0, int64_t c1, const T* res,
+                  bool relu, T* y) {
   const int64_t hw = g.Ho * g.Wo, img = g.Cout * hw;
   for (int64_t co = c0; co < c1; ++co)
     for (int64_t i = 0; i < hw; ++i) {
       const T* s = ytmp + ((co - c0) * hw + i) * bt;
-      T* d = y + b0 * img + co * hw + i;
-      for (int64_t bb = 0; bb < bt; ++bb) d[bb * img] = s[bb];
+      const int64_t at = b0 * img + co * hw + i;
+      T* d = y + at;
+      if (res == nullptr) {
+        for (int64_t bb = 0; bb < bt; ++bb) d[bb * img] = s[bb];
+      } else {
+        const T* r = res + at;
+        for (int64_t bb = 0; bb < bt; ++bb) {
+          const T v = s[bb] + r[bb * img];
+          d[bb * img] = relu ? relu_nan(v) : v;
+        }
+      }
     }
 }
 
-// Flat planes (flat_plane) of channels [c0, c1), `chan` apart, rows Wq apart -> y[b0][co][oh][ow].
+// Flat planes (flat_plane) of channels [c0, c1), `chan` apart, rows Wq apart -> y[b0][co][oh][ow]
+// (plus the residual res, then the ReLU, as unpack_chunk).
 template <typename T>
-void unpack_plane(const T* yt, int64_t chan, const Geometry& g, int64_t b0, int64_t c0, int64_t c1, T* y) {
+void unpack_plane(const T* yt, int64_t chan, const Geometry& g, int64_t b0, int64_t c0, int64_t c1, const T* res,
+                  bool relu, T* y) {
   const int64_t hw = g.Ho * g.Wo;
   for (int64_t co = c0; co < c1; ++co)
-    for (int64_t oh = 0; oh < g.Ho; ++oh)
-      std::memcpy(y + (b0 * g.Cout + co) * hw + oh * g.Wo, yt + (co - c0) * chan + oh * g.Wq, g.Wo * sizeof(T));
+    for (int64_t oh = 0; oh < g.Ho; ++oh) {
+      const int64_t at = (b0 * g.Cout + co) * hw + oh * g.Wo;
+      const T* s = yt + (co - c0) * chan + oh * g.Wq;
+      if (res == nullptr) {
+        std::memcpy(y + at, s, g.Wo * sizeof(T));
+      } else if (relu) {
+        for (int64_t j = 0; j < g.Wo; ++j) y[at + j] = relu_nan(s[j] + res[at + j]);
+      } else {
+        for (int64_t j = 0; j < g.Wo; ++j) y[at + j] = s[j] + res[at + j];
+      }
+    }
 }
 
 // The ReLU + max-pool epilogue (pool x pool windows, stride pool, floor mode).
@@ -126,11 +153,6 @@ template <typename T>
 inline T max_nan(T m, T v) {
   return (v > m || v != v) ? v : m;
 }
-template <typename T>
-inline T relu_nan(T v) {
-  return v > T(0) || v != v ? v : T(0);
-}
-
 // relu(max over each window) of channels [c0, c1) of one image, staged from c0 as [c1 - c0][Ho][ld]
 // (windows other than 2x2, which the per-ISA relu_pool2 kernel takes),
 // -> y[co][Ho / pool][Wo / pool]. The window's rows are combined first
@@ -175,13 +197,13 @@ void pack_grad_chunk(const T* dy, const Geometry& g, int64_t b0, int64_t bt, T* 
 
 template <typename T>
 void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chunks& ch, const T* values,
-                  const T* bias, int64_t pool, T* y) {
-  // pool == 0: y is the convolution [B][Cout][Ho][Wo]. pool >= 1: y is the
-  // ReLU + max-pool epilogue [B][Cout][Ho / pool][Wo / pool], computed from a
-  // chunk's output while it is in cache.
-  // pool == 1 (ReLU alone): applied by the kernels as they store the final sums
-  const bool relu = pool == 1;
-  if (relu) pool = 0;
+                  const T* bias, int64_t pool, bool relu, const T* residual, T* y) {
+  // pool == 0: y is the convolution [B][Cout][Ho][Wo] plus `residual` (laid out
+  // as y, or nullptr), then the ReLU when `relu`: applied by the kernels as they
+  // store the final sums when they write y directly, else as a staged chunk is
+  // unpacked. pool >= 2: y is the ReLU + max-pool epilogue
+  // [B][Cout][Ho / pool][Wo / pool], computed from a chunk's output while it is
+  // in cache.
   const auto kt = kernels_for<T>(active_isa());
   const Entries& e = plan.entries;
   const int64_t nnz = e.crow.back() * std::max<int64_t>(e.kgroup, 1);
@@ -236,10 +258,13 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
     const Packed& pk = plan.layout[last];
     const int64_t b0 = c * ch.bt;
     if (!staged(pk)) {
-      kt.rows(args_for(c, xp, y + b0 * img_out, true), c0, c1, 0, pk.out_rows);
+      auto a = args_for(c, xp, y + b0 * img_out, true);
+      if (residual) a.res = residual + b0 * img_out;
+      kt.rows(a, c0, c1, 0, pk.out_rows);
       return;
     }
     auto a = args_for(c, xp, yt, pk.bt == 1);
+    if (residual) a.relu = false;  // after the residual, as the chunk is unpacked
     const int64_t chan = stage_channel(pk), block = stage_block(pk), ld = pk.flat ? g.Wq : stage_ld;
     if (pk.flat) {
       a.y_co = chan;
@@ -255,9 +280,9 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
       kt.rows(a, s0, s1, 0, pk.out_rows);
       if (pool == 0) {
         if (pk.flat)
-          unpack_plane<T>(yt, chan, g, b0, s0, s1, y);
+          unpack_plane<T>(yt, chan, g, b0, s0, s1, residual, relu, y);
         else
-          unpack_chunk<T>(yt, g, b0, pk.bt, s0, s1, y);
+          unpack_chunk<T>(yt, g, b0, pk.bt, s0, s1, residual, relu, y);
       } else if (pk.bt > 1) {
         kt.relu_pool_batch(yt, s1 - s0, g.Ho, g.Wo, pk.bt, pool, y + b0 * img_y + s0 * (g.Ho / pool) * (g.Wo / pool),
                            img_y);
@@ -333,16 +358,28 @@ void check_inputs(const Tensor& x, const Tensor& crow, const Tensor& col, const 
 
 Tensor conv2d_impl(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_in, const Tensor& values_in,
                    const c10::optional<Tensor>& bias_in, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t pool, const char* op) {
+                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t pool, bool relu,
+                   const Tensor* residual_in, const char* op) {
+  // pool >= 2: the ReLU + max-pool epilogue; else the ReLU when `relu`, after the residual if given.
   check_inputs(x_in, crow_in, col_in, values_in, op);
   const Geometry g = make_geometry(x_in, crow_in.numel() - 1, kernel_size, stride, padding, dilation, groups, op);
   check_bias(bias_in, values_in, g.Cout, op);
   if (pool > 0)
     TORCH_CHECK(g.Ho >= pool && g.Wo >= pool, op, ": the convolution's output (", g.Ho, "x", g.Wo,
                 ") is smaller than the pooling window ", pool);
+  if (residual_in) {
+    const Tensor& r = *residual_in;
+    TORCH_CHECK(r.dim() == 4 && r.size(0) == g.B && r.size(1) == g.Cout && r.size(2) == g.Ho && r.size(3) == g.Wo, op,
+                ": residual must have the output's shape [", g.B, ", ", g.Cout, ", ", g.Ho, ", ", g.Wo, "], got ",
+                r.sizes());
+    TORCH_CHECK(r.scalar_type() == values_in.scalar_type(), op, ": residual must have the weight's dtype ",
+                values_in.scalar_type(), ", got ", r.scalar_type());
+    TORCH_CHECK(r.device().is_cpu(), op, ": residual must be a CPU tensor");
+  }
   const Tensor x = x_in.contiguous(), crow = crow_in.contiguous(), col = col_in.contiguous();
   const Tensor values = values_in.contiguous();
   const Tensor bias = bias_in ? bias_in->contiguous() : Tensor();
+  const Tensor residual = residual_in ? residual_in->contiguous() : Tensor();
   Tensor y = pool > 0 ? at::empty({g.B, g.Cout, g.Ho / pool, g.Wo / pool}, x.options())
                       : at::empty({g.B, g.Cout, g.Ho, g.Wo}, x.options());
   if (y.numel() == 0) return y;
@@ -352,7 +389,8 @@ Tensor conv2d_impl(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_
     using T = scalar_t;
     const auto plan = plan_for<T>(ch, crow, col, values, true, g, knobs, op);
     conv_forward<T>(x.data_ptr<T>(), g, *plan, ch, values.data_ptr<T>(),
-                    bias.defined() ? bias.data_ptr<T>() : nullptr, pool, y.data_ptr<T>());
+                    bias.defined() ? bias.data_ptr<T>() : nullptr, pool > 1 ? pool : 0, relu && pool <= 1,
+                    residual.defined() ? residual.data_ptr<T>() : nullptr, y.data_ptr<T>());
   });
   return y;
 }
@@ -360,15 +398,24 @@ Tensor conv2d_impl(const Tensor& x_in, const Tensor& crow_in, const Tensor& col_
 Tensor csr_conv2d(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values,
                   const c10::optional<Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                   at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups) {
-  return conv2d_impl(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, 0, "csr_conv2d");
+  return conv2d_impl(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, 0, false, nullptr,
+                     "csr_conv2d");
 }
 
 Tensor csr_conv2d_relu_pool(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values,
                             const c10::optional<Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t pool) {
   TORCH_CHECK(pool >= 1, "csr_conv2d_relu_pool: pool must be >= 1, got ", pool);
-  return conv2d_impl(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, pool,
+  return conv2d_impl(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, pool, true, nullptr,
                      "csr_conv2d_relu_pool");
+}
+
+Tensor csr_conv2d_add(const Tensor& x, const Tensor& crow, const Tensor& col, const Tensor& values,
+                      const c10::optional<Tensor>& bias, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                      at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, const Tensor& residual,
+                      bool relu) {
+  return conv2d_impl(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, 0, relu, &residual,
+                     "csr_conv2d_add");
 }
 
 Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const Tensor& crow_in, const Tensor& col_in,
@@ -444,6 +491,7 @@ Tensor csr_conv2d_weight_grad(const Tensor& x_in, const Tensor& grad_in, const T
 TORCH_LIBRARY_IMPL(sparsemia, CPU, m) {
   m.impl("csr_conv2d", &csr_conv2d);
   m.impl("csr_conv2d_relu_pool", &csr_conv2d_relu_pool);
+  m.impl("csr_conv2d_add", &csr_conv2d_add);
   m.impl("csr_conv2d_weight_grad", &csr_conv2d_weight_grad);
 }
 

@@ -50,6 +50,10 @@ struct ConvArgs {
   // ReLU on the final sums (NaN kept), applied where a tile is stored after its
   // last block of input channels.
   bool relu = false;
+  // Residual added to the final sums (before the ReLU) as they are stored, or
+  // nullptr: laid out as y, element (co, oh, n) at the same offset from res as
+  // from y (the direct NCHW output only).
+  const T* res = nullptr;
 };
 
 // Kernel heights the column-group kernels are compiled for.

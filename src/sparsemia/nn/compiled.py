@@ -11,6 +11,9 @@ graph for inference:
 * a ReLU (and a square max-pool) after a convolution is fused into it, a ReLU6
   becomes an in-place clamp of the convolution's output, a ReLU after a linear
   layer runs in place;
+* an addition of another tensor of the output's shape to a convolution's output
+  (a residual block's shortcut), and a ReLU after it, is fused into the
+  convolution: the sparse kernels add it as they store their output;
 * every convolution and linear layer calls its kernel directly
   (``torch.ops.sparsemia.*`` with the CSR pattern and the geometry prepared once,
   or the dense ATen op), chosen per layer by timing each candidate on the layer's
@@ -195,6 +198,16 @@ def _square_pool(node: fx.Node, modules: dict[str, nn.Module]) -> int | None:
     return int(k[0])
 
 
+def _residual_add(node: fx.Node, value: fx.Node) -> int | None:
+    """The index of the other operand when ``node`` is ``value + other`` (or ``other + value``) of
+    two distinct nodes, else None."""
+    if node.op != "call_function" or node.target not in (operator.add, torch.add) or node.kwargs:
+        return None
+    if len(node.args) != 2 or not all(isinstance(a, fx.Node) for a in node.args) or node.args[0] is node.args[1]:
+        return None
+    return 1 if node.args[0] is value else 0 if node.args[1] is value else None
+
+
 def _single_user(node: fx.Node) -> fx.Node | None:
     users = list(node.users)
     return users[0] if len(users) == 1 else None
@@ -223,15 +236,30 @@ class _Layer:
     folded: bool = False
     mask: torch.Tensor | None = None  # pruning mask (None: the zeros are pruned)
     dropped: int = 0  # output channels removed by _drop_dead_channels
+    # a residual addition fused in: the add node (the ReLU, if any, after it) and its other operand's index
+    add: fx.Node | None = None
+    residual_index: int = 0
+    residual: torch.Tensor | None = None  # its value on the example (for timing the candidates)
 
     @property
     def epilogue(self) -> str:
         if self.relu6:
             return "relu6"
+        if self.add is not None:
+            return "add" + ("+relu" if self.relu else "")
         return ("relu" if self.relu else "") + (f"+maxpool{self.pool}" if self.pool > 1 else "")
+
+    def chain_input(self, node: fx.Node) -> fx.Node:
+        """The node of the layer's chain that ``node`` (one of its nodes after the first) reads."""
+        return node.args[1 - self.residual_index] if node is self.add else node.args[0]
+
+
+# In a candidate's steps: the residual operand of the layer's fused addition.
+_RESIDUAL = object()
 
 
 _MKLDNN_POINTWISE = getattr(getattr(torch.ops, "mkldnn", None), "_convolution_pointwise", None)
+_MKLDNN_BINARY = getattr(_MKLDNN_POINTWISE, "binary", None) if _MKLDNN_POINTWISE is not None else None
 
 
 def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -246,6 +274,8 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
     if kept == 0 and weight.numel() > 0:
         # pruned away entirely: the output is the bias (after the epilogue), whatever the input
         found["zero"] = [(_zero_layer, _zero_layer_args(layer, bias))]
+        if layer.add is not None:  # not in place: the constant may be a folded row
+            found["zero"] += [(torch.ops.aten.add.Tensor, (_RESIDUAL,))] + _dense_epilogue(layer)[1:]
     elif isinstance(m, nn.Conv2d):
         stride, padding, dilation = _pair(m.stride), _pair(m.padding), _pair(m.dilation)
         kernel = tuple(weight.shape[2:])
@@ -256,7 +286,12 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
             stride = (1, 1)
         dense = [(torch.conv2d, (weight, bias, list(_pair(m.stride)), list(padding), list(dilation), m.groups))]
         found["dense"] = dense + _dense_epilogue(layer)
-        if _MKLDNN_POINTWISE is not None and not layer.pool and weight.dtype == torch.float32:
+        if layer.add is not None:
+            if _MKLDNN_BINARY is not None and weight.dtype == torch.float32:
+                found["dense_fused"] = [(_MKLDNN_BINARY, (_RESIDUAL, weight, bias, list(padding), list(_pair(m.stride)),
+                                                          list(dilation), m.groups, "add", None,
+                                                          "relu" if layer.relu else None, [], ""))]
+        elif _MKLDNN_POINTWISE is not None and not layer.pool and weight.dtype == torch.float32:
             attr, scalars = ("relu", []) if layer.relu else ("hardtanh", [0.0, 6.0]) if layer.relu6 else ("none", [])
             found["dense_fused"] = [(_MKLDNN_POINTWISE.default, (weight, bias, list(padding), list(_pair(m.stride)),
                                                                   list(dilation), m.groups, attr, scalars, ""))]
@@ -268,15 +303,22 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
         depthwise = _depthwise_op() if m.groups == m.in_channels == m.out_channels else None
         if depthwise is not None and weight.dtype in _GEMM_DTYPES:
             lo, hi = (0.0, 6.0) if layer.relu6 else (0.0, math.inf) if layer.relu else (-math.inf, math.inf)
+            if layer.add is not None:  # the ReLU comes after the addition
+                lo, hi = -math.inf, math.inf
             weight_dw = weight * mask if mask is not None else weight  # the kernel skips zero taps
             found["depthwise"] = [(depthwise, (weight_dw.contiguous(), bias, list(_pair(m.stride)), list(padding),
                                                 list(dilation), lo, hi))]
             if layer.pool > 1:
                 found["depthwise"].append((F.max_pool2d, (layer.pool,)))
+            if layer.add is not None:
+                found["depthwise"] += _dense_epilogue(layer)
         if kept < weight.numel():
             crow, col, values = SparseWeight.from_dense(weight, mask=mask, format="csr").csr()
             geometry = (list(kernel), list(stride), list(padding), list(dilation), m.groups)
-            if layer.relu:
+            if layer.add is not None:
+                ops = [(torch.ops.sparsemia.csr_conv2d_add.default,
+                        (crow, col, values, bias, *geometry, _RESIDUAL, layer.relu))]
+            elif layer.relu:
                 ops = [(torch.ops.sparsemia.csr_conv2d_relu_pool.default,
                         (crow, col, values, bias, *geometry, max(layer.pool, 1)))]
             else:
@@ -289,10 +331,11 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
             crow, col, values = SparseWeight.from_dense(weight, mask=mask, format="csr").csr()
             found["sparse"] = [(_csr_linear, (crow, col, values, bias))] + _dense_epilogue(layer)
     out = {}
+    residual = layer.residual
     for name, steps in found.items():
         def run(x, steps=steps):
             for target, args in steps:
-                x = target(x, *args)
+                x = target(x, *(residual if a is _RESIDUAL else a for a in args))
             return x
 
         run.steps = steps
@@ -304,7 +347,7 @@ def _constant_output(layer: _Layer, bias: torch.Tensor | None) -> torch.Tensor:
     """Per output channel, what ``layer`` outputs when its weights are all zero: its epilogue of ``bias``."""
     weight = layer.module.weight
     value = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias.detach().clone()
-    if layer.relu:
+    if layer.relu and layer.add is None:  # with an addition the ReLU comes after it
         value = torch.relu(value)
     if layer.relu6:
         value = torch.clamp(value, 0.0, 6.0)
@@ -333,6 +376,8 @@ def _zero_layer(x: torch.Tensor, value: torch.Tensor, geometry: tuple | None) ->
 
 def _dense_epilogue(layer: _Layer) -> list[tuple]:
     steps: list[tuple] = []
+    if layer.add is not None:  # in place: on the layer's own fresh output
+        steps.append((torch.ops.aten.add_.Tensor, (_RESIDUAL,)))
     if layer.relu:
         steps.append((torch.relu_, ()))
     if layer.relu6:
@@ -412,6 +457,7 @@ def _time_calls(fn, x, budget: float) -> float:
 def _match_layers(gm: fx.GraphModule, fold_batchnorm: bool) -> list[_Layer]:
     modules = dict(gm.named_modules())
     layers = []
+    claimed: set[fx.Node] = set()  # additions fused into a layer
     for node in list(gm.graph.nodes):
         m = _module(node, modules)
         if type(m) not in (nn.Conv2d, nn.Linear) and not _is_parametrized_layer(m):
@@ -429,7 +475,15 @@ def _match_layers(gm: fx.GraphModule, fold_batchnorm: bool) -> list[_Layer]:
                 layer.folded = True
                 layer.last = nxt
                 nxt = _single_user(nxt)
-        if nxt is not None and _is_relu(nxt, modules):
+        index = _residual_add(nxt, layer.last) if isinstance(dense, nn.Conv2d) and nxt is not None else None
+        if index is not None and nxt not in claimed:  # checked against the example's shapes in _layer_inputs
+            # (of two layers added, the first: a block's last convolution takes its projected shortcut)
+            claimed.add(nxt)
+            layer.add, layer.residual_index, layer.last = nxt, index, nxt
+            nxt = _single_user(nxt)
+            if nxt is not None and _is_relu(nxt, modules):
+                layer.relu, layer.last = True, nxt
+        elif nxt is not None and _is_relu(nxt, modules):
             layer.relu, layer.last = True, nxt
             nxt = _single_user(nxt)
             if isinstance(dense, nn.Conv2d) and nxt is not None and _square_pool(nxt, modules):
@@ -438,6 +492,17 @@ def _match_layers(gm: fx.GraphModule, fold_batchnorm: bool) -> list[_Layer]:
             layer.relu6, layer.last = True, nxt
         layers.append(layer)
     return layers
+
+
+def _anchor(layer: _Layer) -> fx.Node:
+    """The node before which the layer's rewritten calls go: where its inputs are all computed."""
+    return layer.last if layer.add is not None else layer.first
+
+
+def _unfuse_add(layer: _Layer) -> None:
+    """Leaves the layer's addition (and the ReLU after it) to run as they are."""
+    layer.last = layer.add.args[1 - layer.residual_index]
+    layer.add, layer.relu, layer.residual = None, False, None
 
 
 def _is_parametrized_layer(m: nn.Module | None) -> bool:
@@ -487,7 +552,8 @@ def _drop_dead_channels(layers: list[_Layer], captured: dict[str, torch.Tensor])
     for a in layers:
         b = by_first.get(_single_user(a.last))
         c = by_first.get(_single_user(b.last)) if b is not None else None
-        if c is None or a.pool or b.pool or not all(isinstance(m.module, nn.Conv2d) for m in (a, b, c)):
+        if (c is None or a.pool or b.pool or a.add is not None or b.add is not None
+                or not all(isinstance(m.module, nn.Conv2d) for m in (a, b, c))):
             continue
         ma, mb, mc = a.module, b.module, c.module
         hidden = ma.out_channels
@@ -524,28 +590,46 @@ def _drop_dead_channels(layers: list[_Layer], captured: dict[str, torch.Tensor])
 
 
 def _layer_inputs(gm: fx.GraphModule, layers: list[_Layer], example_input: tuple) -> dict[str, torch.Tensor]:
+    """Each layer's input on the example (and its fused addition's residual operand); an addition
+    that is not of two tensors of one shape and dtype (a broadcast) is left unfused."""
     firsts = {layer.first: layer.name for layer in layers}
+    adds = {layer.add: layer for layer in layers if layer.add is not None}
     captured: dict[str, torch.Tensor] = {}
 
     class Recorder(fx.Interpreter):
         def run_node(self, n):
             if n in firsts:
                 captured[firsts[n]] = self.env[n.args[0]].detach()
+            if n in adds:
+                layer = adds[n]
+                value, residual = (self.env[n.args[i]] for i in (1 - layer.residual_index, layer.residual_index))
+                if (isinstance(value, torch.Tensor) and isinstance(residual, torch.Tensor)
+                        and value.shape == residual.shape and value.dtype == residual.dtype):
+                    layer.residual = residual.detach().clone()
             return super().run_node(n)
 
     with torch.no_grad():
         Recorder(gm).run(*example_input)
+    for layer in adds.values():
+        if layer.residual is None:
+            _unfuse_add(layer)
+    # in the order the rewritten layers run: a fused addition runs where the addition was, after
+    # its shortcut's layers (the thread count each layer sets follows this order)
+    position = {node: i for i, node in enumerate(gm.graph.nodes)}
+    layers.sort(key=lambda layer: position[_anchor(layer)])
     return captured
 
 
 def _rewrite(gm: fx.GraphModule, layer: _Layer, steps: list[tuple], index: int) -> None:
     graph = gm.graph
     value = layer.first.args[0]
-    with graph.inserting_before(layer.first):
+    with graph.inserting_before(_anchor(layer)):
         for s, (target, args) in enumerate(steps):
             consts = []
             for a, arg in enumerate(args):
-                if isinstance(arg, torch.Tensor):
+                if arg is _RESIDUAL:
+                    consts.append(layer.add.args[layer.residual_index])
+                elif isinstance(arg, torch.Tensor):
                     attr = f"_layer{index}_{s}_{a}"
                     gm.register_buffer(attr, arg)
                     consts.append(graph.get_attr(attr))
@@ -556,7 +640,7 @@ def _rewrite(gm: fx.GraphModule, layer: _Layer, steps: list[tuple], index: int) 
     # remove the original nodes, last first (each is used only by the next)
     node = layer.last
     while True:
-        prev = node.args[0] if node is not layer.first else None
+        prev = layer.chain_input(node) if node is not layer.first else None
         graph.erase_node(node)
         if prev is None:
             break
@@ -578,13 +662,14 @@ _PER_SAMPLE_FUNCTIONS = {
     operator.add, operator.sub, operator.mul, operator.truediv, operator.neg, torch.add, torch.sub, torch.mul,
     torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.clamp, F.relu, F.relu6, F.hardtanh, F.max_pool2d,
     F.avg_pool2d, F.adaptive_avg_pool2d, F.dropout, torch.conv2d, torch._C._nn.linear, F.linear,
-    torch.ops.aten.hardtanh_.default, _zero_layer, _set_threads, _gemm_1x1, _subsample, _csr_linear,
+    torch.ops.aten.hardtanh_.default, torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor, _zero_layer,
+    _set_threads, _gemm_1x1, _subsample, _csr_linear,
 }
 _PER_SAMPLE_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.MaxPool2d, nn.AvgPool2d,
                        nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Dropout, nn.Identity)
 _PER_SAMPLE_METHODS = {"relu", "relu_", "sigmoid", "tanh", "clamp", "clamp_", "contiguous", "add", "mul"}
 # In-place epilogues the lowering writes after a layer's kernel: dead when what they write is.
-_INPLACE_EPILOGUES = {torch.relu_, torch.ops.aten.hardtanh_.default}
+_INPLACE_EPILOGUES = {torch.relu_, torch.ops.aten.hardtanh_.default, torch.ops.aten.add_.Tensor}
 
 
 def _flattens_per_sample(node: fx.Node) -> bool:
@@ -685,7 +770,7 @@ def _broadcast_safe(user: fx.Node, node: fx.Node, shapes: dict[fx.Node, torch.Si
     broadcast gives the same result."""
     if user.op != "call_function" or user.kwargs or len(user.args) != 2:
         return False
-    if user.target in (operator.add, torch.add):
+    if user.target in (operator.add, torch.add, torch.ops.aten.add.Tensor):
         other = user.args[1] if user.args[0] is node else user.args[0]
     elif user.target is operator.iadd and user.args[1] is node:
         other = user.args[0]

@@ -336,6 +336,16 @@ def _register_fakes() -> None:
                      lambda: f"{op}: the convolution's output ({ho}x{wo}) is smaller than the pooling window {pool}")
         return x.new_empty(x.shape[0], cout, ho // pool, wo // pool)
 
+    @torch.library.register_fake(lib + "csr_conv2d_add")
+    def _(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, residual, relu):
+        op = "csr_conv2d_add"
+        cout, ho, wo = _fake_conv(x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, op)
+        shape = [x.shape[0], cout, ho, wo]
+        torch._check(list(residual.shape) == shape,
+                     lambda: f"{op}: residual must have the output's shape {shape}, got {list(residual.shape)}")
+        torch._check(residual.dtype == values.dtype, lambda: f"{op}: residual must have the weight's dtype")
+        return x.new_empty(shape)
+
     @torch.library.register_fake(lib + "csr_conv2d_weight_grad")
     def _(x, grad_out, crow, col, kernel_size, stride, padding, dilation, groups):
         op = "csr_conv2d_weight_grad"
@@ -358,6 +368,10 @@ def _register_autograd() -> None:
 
     def _backward(ctx, grad):
         x, crow, col, values = ctx.saved_tensors
+        return _conv_grads(ctx, grad, x, crow, col, values) + (None,) * 5
+
+    def _conv_grads(ctx, grad, x, crow, col, values):
+        # gradients of csr_conv2d's (x, crow, col, values, bias)
         kernel, stride, padding, dilation, groups = ctx.params
         grad = grad.contiguous()
         grad_x = grad_values = grad_bias = None
@@ -369,9 +383,24 @@ def _register_autograd() -> None:
             )
         if ctx.has_bias and ctx.needs_input_grad[4]:
             grad_bias = grad.sum((0, 2, 3))
-        return grad_x, None, None, grad_values, grad_bias, None, None, None, None, None
+        return grad_x, None, None, grad_values, grad_bias
 
     torch.library.register_autograd(lib + "csr_conv2d", _backward, setup_context=_setup)
+
+    def _setup_add(ctx, inputs, output):
+        x, crow, col, values, bias, kernel_size, stride, padding, dilation, groups, residual, relu = inputs
+        ctx.save_for_backward(x, crow, col, values, output if relu else None)
+        ctx.params = (list(kernel_size), list(stride), list(padding), list(dilation), groups)
+        ctx.has_bias = bias is not None
+
+    def _backward_add(ctx, grad):
+        x, crow, col, values, output = ctx.saved_tensors
+        if output is not None:  # the ReLU's derivative: 1 where the output is positive (as torch's relu)
+            grad = grad * (output > 0)
+        grad_residual = grad if ctx.needs_input_grad[10] else None
+        return _conv_grads(ctx, grad, x, crow, col, values) + (None,) * 5 + (grad_residual, None)
+
+    torch.library.register_autograd(lib + "csr_conv2d_add", _backward_add, setup_context=_setup_add)
 
 
 if extension.module() is not None:
