@@ -319,6 +319,21 @@ def test_residual_additions_fused_with_every_candidate(candidate, monkeypatch):
             assert rel_err(engine(xs), model(xs)) <= 1e-5
 
 
+def test_residual_addition_after_the_kernel_with_an_older_extension(monkeypatch):
+    """An extension built before csr_conv2d_add: the sparse kernel runs, then the addition and the ReLU."""
+    from sparsemia.nn import compiled as compiled_mod
+
+    monkeypatch.setattr(compiled_mod, "_conv_add_op", lambda: None)
+    model = _Residual().eval()
+    sm.prune.magnitude(model, sparsity=0.5, scope="layer")
+    sm.prune.remove(model)
+    x = torch.randn(2, 6, 11, 9)
+    engine = sm.compile(model, example_input=x, measure=False)
+    assert all(layer.choice == "sparse" for layer in engine.layers)
+    with torch.no_grad():
+        assert rel_err(engine(x), model(x)) <= 1e-5
+
+
 class _Collapsed(nn.Module):
     """Layers pruned away entirely: a residual projection (its bias added to the input), one whose
     constant output feeds a reshape by the batch size, and a head after them."""

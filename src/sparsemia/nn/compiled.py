@@ -315,10 +315,10 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
         if kept < weight.numel():
             crow, col, values = SparseWeight.from_dense(weight, mask=mask, format="csr").csr()
             geometry = (list(kernel), list(stride), list(padding), list(dilation), m.groups)
-            if layer.add is not None:
-                ops = [(torch.ops.sparsemia.csr_conv2d_add.default,
-                        (crow, col, values, bias, *geometry, _RESIDUAL, layer.relu))]
-            elif layer.relu:
+            add_op = _conv_add_op()
+            if layer.add is not None and add_op is not None:
+                ops = [(add_op, (crow, col, values, bias, *geometry, _RESIDUAL, layer.relu))]
+            elif layer.relu and layer.add is None:
                 ops = [(torch.ops.sparsemia.csr_conv2d_relu_pool.default,
                         (crow, col, values, bias, *geometry, max(layer.pool, 1)))]
             else:
@@ -395,6 +395,11 @@ def _depthwise_op():
     from sparsemia.ops import extension
 
     return torch.ops.sparsemia.depthwise_conv2d.default if extension.module() is not None else None
+
+
+def _conv_add_op():
+    # None with an extension built before the operator existed: the addition then runs after the kernel
+    return getattr(getattr(torch.ops.sparsemia, "csr_conv2d_add", None), "default", None)
 
 
 def _gemm_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
