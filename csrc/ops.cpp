@@ -39,6 +39,9 @@ TORCH_LIBRARY(sparsemia, m) {
   // residual [B, Cout, Ho, Wo], any strides. Returns [B, Cout, Ho, Wo].
   m.def("csr_conv2d_add(Tensor x, Tensor crow, Tensor col, Tensor values, Tensor? bias, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups, Tensor residual, bool relu) -> Tensor");
+  // Dense 1x1 convolution (stride 1, no padding) as one GEMM per image: x [B, Cin, H, W], weight
+  // [Cout, Cin], bias [Cout]. Returns [B, Cout, H, W]. No autograd (compile's inference lowering).
+  m.def("conv1x1_gemm(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
   // Depth-wise convolution: x [B, C, H, W], a dense weight [C, 1, kh, kw] whose zero taps are
   // skipped (pruned), groups = C; the result clamped to [min, max] (ReLU: [0, inf], ReLU6: [0, 6],
   // none: [-inf, inf]). Returns [B, C, Ho, Wo], like clamp(F.conv2d(...), min, max).

@@ -637,3 +637,14 @@ def test_add_opcheck_gradcheck_and_bad_residual(relu):
         with pytest.raises(RuntimeError, match=match):
             torch.ops.sparsemia.csr_conv2d_add(*args[:10], bad, relu)
 
+
+def test_conv1x1_gemm_matches_conv2d_and_passes_opcheck():
+    # the dense 1x1 layers sm.compile runs as one GEMM per image (a strided input: a subsampled one)
+    x = torch.randn(3, 5, 9, 14, dtype=torch.float64)[..., ::2]
+    w = torch.randn(7, 5, dtype=torch.float64)
+    bias = torch.randn(7, dtype=torch.float64)
+    for b in (bias, None):
+        y = torch.ops.sparsemia.conv1x1_gemm(x, w, b)
+        torch.testing.assert_close(y, F.conv2d(x, w[:, :, None, None], b))
+        torch.library.opcheck(torch.ops.sparsemia.conv1x1_gemm.default, (x, w, b))
+    assert torch.ops.sparsemia.conv1x1_gemm(x[:1], w, bias).shape == (1, 7, 9, 7)

@@ -42,6 +42,8 @@ def _cases():
         ("csr_conv2d", (img, wc, wk, wv, torch.randn(6), *conv_params)),
         ("csr_conv2d_relu_pool", (img, wc, wk, wv, None, *conv_params, 2)),
         ("csr_conv2d_add", (img, wc, wk, wv, torch.randn(6), *conv_params, torch.randn(2, 6, 7, 7), True)),
+        ("conv1x1_gemm", (img[:, :, ::2], torch.randn(6, 4), torch.randn(6))),
+        ("conv1x1_gemm", (img, torch.randn(6, 4), None)),
         ("csr_conv2d_weight_grad", (img, torch.randn(2, 6, 7, 7), wc, wk, *conv_params)),
     ]
     bad = [
@@ -71,6 +73,10 @@ def _cases():
         ("csr_conv2d_add", (img, wc, wk, wv, None, *conv_params, torch.randn(2, 6, 7, 6), False)),  # residual
         ("csr_conv2d_add", (img, wc, wk, wv, None, *conv_params, torch.randn(6, 7, 7), False)),  # 3-D residual
         ("csr_conv2d_add", (img, wc, wk, wv, None, *conv_params, torch.randn(2, 6, 7, 7).double(), False)),
+        ("conv1x1_gemm", (img, torch.randn(6, 5), None)),  # weight's Cin
+        ("conv1x1_gemm", (img[0], torch.randn(6, 4), None)),  # 3-D x
+        ("conv1x1_gemm", (img, torch.randn(6, 4).double(), None)),  # dtype
+        ("conv1x1_gemm", (img, torch.randn(6, 4), torch.randn(5))),  # bias
     ]
     return good, bad
 

@@ -297,8 +297,7 @@ def _candidates(layer: _Layer) -> dict[str, Callable[[torch.Tensor], torch.Tenso
                                                                   list(dilation), m.groups, attr, scalars, ""))]
         if kernel == (1, 1) and padding == (0, 0) and m.groups == 1 and weight.dtype in _GEMM_DTYPES:
             # a 1x1 convolution is one GEMM per image over the channels: [Cout, Cin] @ [Cin, H*W]
-            gemm_bias = (torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias).reshape(1, -1, 1)
-            found["dense_gemm"] = pre + [(_gemm_1x1, (weight.reshape(weight.shape[0], -1), gemm_bias))] + \
+            found["dense_gemm"] = pre + [(_gemm_op(), (weight.reshape(weight.shape[0], -1).contiguous(), bias))] + \
                 _dense_epilogue(layer)
         depthwise = _depthwise_op() if m.groups == m.in_channels == m.out_channels else None
         if depthwise is not None and weight.dtype in _GEMM_DTYPES:
@@ -402,9 +401,16 @@ def _conv_add_op():
     return getattr(getattr(torch.ops.sparsemia, "csr_conv2d_add", None), "default", None)
 
 
-def _gemm_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def _gemm_op():
+    # the operator, which C++ programs call; its Python twin where the extension lacks it
+    return getattr(getattr(torch.ops.sparsemia, "conv1x1_gemm", None), "default", None) or _gemm_1x1
+
+
+def _gemm_1x1(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    # what torch.ops.sparsemia.conv1x1_gemm computes (csrc/cpu/conv/conv1x1_cpu.cpp)
     b, c, h, w = x.shape
-    y = torch.baddbmm(bias, weight.expand(b, -1, -1), x.reshape(b, c, h * w))
+    w3, x3 = weight.expand(b, -1, -1), x.reshape(b, c, h * w)
+    y = torch.bmm(w3, x3) if bias is None else torch.baddbmm(bias.view(1, -1, 1), w3, x3)
     return y.view(b, -1, h, w)
 
 

@@ -1,5 +1,6 @@
 """Sparse 2-D convolution: the public ops, and the fake kernels and autograd of the
-``torch.ops.sparsemia.csr_conv2d*`` operators (schemas in ``csrc/ops.cpp``).
+``torch.ops.sparsemia.csr_conv2d*`` operators (schemas in ``csrc/ops.cpp``), and the fake kernel
+of ``conv1x1_gemm`` (a dense 1x1 convolution as a GEMM, for :func:`sparsemia.compile`).
 
 The weight is a 4-D :class:`~sparsemia.SparseWeight` ``[Cout, Cin/groups, kh, kw]`` stored as the
 matrix ``[Cout, Cin/groups*kh*kw]`` (column ``(ci*kh + ky)*kw + kx``). Autograd of the compiled op:
@@ -347,6 +348,20 @@ def _register_fakes() -> None:
 
     if _defined("csr_conv2d_add"):  # an extension built before it lacks it
         torch.library.register_fake(lib + "csr_conv2d_add", _add)
+
+    def _gemm(x, weight, bias):
+        op = "conv1x1_gemm"
+        torch._check(x.dim() == 4, lambda: f"{op}: x must be 4-D [B, Cin, H, W], got {x.dim()}-D")
+        torch._check(weight.dim() == 2 and weight.shape[1] == x.shape[1],
+                     lambda: f"{op}: weight must have shape [Cout, {x.shape[1]}], got {list(weight.shape)}")
+        torch._check(x.dtype == weight.dtype, lambda: f"{op}: x must have the weight's dtype")
+        torch._check(bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0]
+                                      and bias.dtype == weight.dtype),
+                     lambda: f"{op}: bias must have shape [Cout] and the weight's dtype")
+        return x.new_empty(x.shape[0], weight.shape[0], x.shape[2], x.shape[3])
+
+    if _defined("conv1x1_gemm"):
+        torch.library.register_fake(lib + "conv1x1_gemm", _gemm)
 
     @torch.library.register_fake(lib + "csr_conv2d_weight_grad")
     def _(x, grad_out, crow, col, kernel_size, stride, padding, dilation, groups):
