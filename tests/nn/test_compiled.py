@@ -546,3 +546,52 @@ def test_dead_hidden_channels_of_inverted_residuals_are_dropped(dead):
     with torch.no_grad():
         for xs in (x, torch.randn(1, 8, 7, 7), torch.randn(3, 8, 5, 6)):
             assert rel_err(compiled(xs), model(xs)) <= 1e-5
+
+
+class _BatchMixing(nn.Module):
+    """A model whose samples see each other (each output row minus the batch mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        y = self.fc(x)
+        return y - y.mean(0, keepdim=True)
+
+
+def test_micro_batches_match_the_whole_batch(monkeypatch):
+    model = pruned(models.LeNet5)
+    x = torch.randn(70, 1, 28, 28)
+    chunked = sm.compile(model, example_input=x, micro_batch=16)
+    assert chunked.micro_batch == 16 and "chunks of 16" in chunked.summary()
+    calls = []
+    forward = chunked._forward
+    monkeypatch.setattr(chunked, "_forward", lambda *a: calls.append(a[0].shape[0]) or forward(*a))
+    with torch.no_grad():
+        for xs in (x, torch.randn(17, 1, 28, 28), torch.randn(3, 1, 28, 28)):
+            calls.clear()
+            assert rel_err(chunked(xs), model(xs)) <= 1e-5
+            assert calls == ([16] * (xs.shape[0] // 16) + [xs.shape[0] % 16] if xs.shape[0] > 16 else [xs.shape[0]])
+    # timed: one of the sizes below the batch, or the whole batch
+    assert sm.compile(model, example_input=x).micro_batch in (None, 16, 32, 64)
+    assert sm.compile(model, example_input=x, micro_batch=0).micro_batch is None
+    assert sm.compile(model, example_input=x[:8]).micro_batch is None  # nothing to split
+
+
+def test_models_mixing_samples_are_never_chunked():
+    model = _BatchMixing().eval()
+    sm.prune.magnitude(model, sparsity=0.5)
+    sm.prune.remove(model)
+    x = torch.randn(40, 8)
+    for micro_batch in (None, 16):
+        compiled = sm.compile(model, example_input=x, micro_batch=micro_batch)
+        assert compiled.micro_batch is None
+        with torch.no_grad():
+            assert rel_err(compiled(x), model(x)) <= 1e-5
+
+
+@pytest.mark.parametrize("bad", [-1, 2.5, True, "16"])
+def test_bad_micro_batch(bad):
+    with pytest.raises(ValueError, match="micro_batch: expected None or an int >= 0"):
+        sm.compile(nn.Linear(2, 2), example_input=torch.randn(4, 2), micro_batch=bad)

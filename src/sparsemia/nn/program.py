@@ -289,6 +289,10 @@ def direct_forward(gm: fx.GraphModule) -> Callable | None:
     if len(calls) != 1 or any(n.op == "call_module" for n in nodes):
         return None
     run = calls[0]
+    if (run.target != "run" or len(run.args) != 2 or not isinstance(run.args[0], fx.Node)
+            or run.args[0].op != "get_attr" or not str(run.args[0].target).startswith("_program")
+            or not isinstance(run.args[1], list | tuple)):
+        return None  # another method call (a model's own tensor method)
     if list(run.args[1]) != placeholders or any(p.kwargs or p.args for p in placeholders):
         return None
     others = [n for n in nodes if n.op == "call_function"]
