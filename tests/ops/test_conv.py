@@ -166,11 +166,25 @@ def test_fused_optimizer_steps_are_seen_by_cached_plans(optimizer):
         torch.testing.assert_close(layer(x), F.conv2d(x, layer.weight.to_dense()), rtol=1e-4, atol=1e-4)
 
 
-def test_all_zero_weight_gives_the_bias(isa):
+@pytest.mark.parametrize("shape", [(2, 8, 8, 1), (1, 4, 4, 1), (19, 6, 5, 1), (3, 9, 9, 2)],
+                         ids=["wide-rows", "flat-plane", "batch-innermost", "stride2"])
+def test_all_zero_weight_gives_the_bias(isa, shape):
+    # nothing is read from the input (which is not packed): NaN there stays out of the output
+    B, H, W, stride = shape
     w = SparseWeight.from_dense(torch.zeros(5, 3, 3, 3))
     bias = torch.randn(5)
-    y = sparse_conv2d(torch.randn(2, 3, 8, 8), w, bias, padding=1, backend="cpu")
-    torch.testing.assert_close(y, bias[None, :, None, None].expand(2, 5, 8, 8))
+    x = torch.randn(B, 3, H, W)
+    x[0, 1, 2, 3] = float("nan")
+    y = sparse_conv2d(x, w, bias, stride, padding=1, backend="cpu")
+    expected = bias[None, :, None, None].expand_as(y)
+    torch.testing.assert_close(y, expected)
+    with torch.no_grad():
+        torch.testing.assert_close(sparse_conv2d_relu_pool(x, w, bias, stride, 1, pool=2),
+                                   F.max_pool2d(expected.relu(), 2))
+        residual = torch.randn_like(y)
+        y = torch.ops.sparsemia.csr_conv2d_add(x, w.crow_indices, w.col_indices, w.values, bias, [3, 3],
+                                               [stride, stride], [1, 1], [1, 1], 1, residual, True)
+        torch.testing.assert_close(y, (expected + residual).relu())
 
 
 @pytest.mark.parametrize("shape", [(3, 6, 5, 21, 19, 1, 1), (20, 4, 6, 6, 6, 2, 1), (1, 5, 4, 9, 8, 1, 0)],

@@ -230,7 +230,9 @@ void conv_forward(const T* x, const Geometry& g, const Plan<T>& plan, const Chun
     }
     return a;
   };
-  const bool in_place = reads_in_place(g, ch.bt, plan.layout[0].flat) && plan.layout[0].copy == 0;
+  // A weight pruned away entirely reads no input: nothing to pack (the outputs are the epilogue of the bias).
+  const bool in_place =
+      e.crow.back() == 0 || (reads_in_place(g, ch.bt, plan.layout[0].flat) && plan.layout[0].copy == 0);
   const int64_t img_in = g.Cin * g.H * g.W, img_out = g.Cout * hw;
   const int64_t img_y = pool > 0 ? g.Cout * (g.Ho / pool) * (g.Wo / pool) : img_out;
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value);
