@@ -442,24 +442,29 @@ def _set_threads(x: torch.Tensor, threads: int) -> torch.Tensor:
     return x
 
 
+_TIMING_ORDER = ("sparse", "depthwise", "dense_gemm", "dense_fused", "dense")
+
+
 def _best_seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int,
-                  budget: float = 0.02) -> float:
+                  budget: float = 0.02, beaten: float = math.inf) -> float:
     """Median of five timings of ``fn(x)`` on ``threads`` threads (each a loop of calls lasting about
-    ``budget`` / 5)."""
+    ``budget`` / 5); a first call slower than ``beaten`` (3x the best so far) is the answer."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _time_calls(fn, x, budget)
+        return _time_calls(fn, x, budget, beaten)
     finally:
         torch.set_num_threads(previous)
 
 
-def _time_calls(fn, x, budget: float) -> float:
+def _time_calls(fn, x, budget: float, beaten: float = math.inf) -> float:
     # The median, not the minimum: on a shared machine a parallel region is sometimes lucky
     # (every thread scheduled at once) and the minimum would pick threads that usually wait.
     start = time.perf_counter()
     fn(x)
     once = max(time.perf_counter() - start, 1e-7)
+    if once > beaten:  # far behind another candidate: not worth timing further (compile time)
+        return once
     reps = max(1, min(1000, int(budget / 5 / once)))
     samples = []
     for _ in range(5):
@@ -1051,7 +1056,9 @@ def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.T
         elif measure and len(candidates) > 1:
             with torch.no_grad():
                 reference = candidates["dense"](x.clone())
-                for name, fn in list(candidates.items()):
+                # the likely fastest first: the others stop after one call when far behind it
+                order = sorted(candidates, key=lambda n: _TIMING_ORDER.index(n) if n in _TIMING_ORDER else 0)
+                for name, fn in [(n, candidates[n]) for n in order]:
                     y = fn(x.clone())
                     err = float((y - reference).abs().max() / reference.abs().max().clamp_min(1e-30))
                     if y.shape != reference.shape or not err <= 1e-5:
@@ -1059,7 +1066,8 @@ def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.T
                         del candidates[name]
                         continue
                     for n in counts:
-                        choice.times[f"{name}/{n}t"] = _best_seconds(fn, x, n)
+                        best = min(choice.times.values(), default=math.inf)
+                        choice.times[f"{name}/{n}t"] = _best_seconds(fn, x, n, beaten=3 * best)
             best = min(choice.times, key=choice.times.get)
             choice.choice, choice.threads = best.split("/")[0], int(best.split("/")[1][:-1])
         else:
