@@ -239,7 +239,7 @@ def test_depthwise_and_gemm_candidates_are_exact(candidate, monkeypatch):
 
     monkeypatch.setattr(compiled_mod, "_candidates", marked)
     # the measured choice, with the forced candidate timed fastest (it is still checked against dense)
-    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n: 0.0 if getattr(fn, "forced", False) else 1.0)
+    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n, **_: 0.0 if getattr(fn, "forced", False) else 1.0)
     x = torch.randn(3, 8, 13, 11)
     engine = sm.compile(model, example_input=x)
     chosen = [layer.choice for layer in engine.layers]
@@ -298,7 +298,7 @@ def test_residual_additions_fused_with_every_candidate(candidate, monkeypatch):
         return found
 
     monkeypatch.setattr(compiled_mod, "_candidates", marked)
-    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n: 0.0 if getattr(fn, "forced", False) else 1.0)
+    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n, **_: 0.0 if getattr(fn, "forced", False) else 1.0)
     x = torch.randn(3, 6, 11, 9)
     engine = sm.compile(model, example_input=x)
     layers = {layer.name: layer for layer in engine.layers}
@@ -492,7 +492,7 @@ def test_single_threaded_layers_leave_the_thread_count(monkeypatch):
     call leave the caller's count in place."""
     from sparsemia.nn import compiled as compiled_mod
 
-    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n: float(n))  # one thread wins
+    monkeypatch.setattr(compiled_mod, "_best_seconds", lambda fn, x, n, **_: float(n))  # one thread wins
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
