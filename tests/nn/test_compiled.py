@@ -595,3 +595,18 @@ def test_models_mixing_samples_are_never_chunked():
 def test_bad_micro_batch(bad):
     with pytest.raises(ValueError, match="micro_batch: expected None or an int >= 0"):
         sm.compile(nn.Linear(2, 2), example_input=torch.randn(4, 2), micro_batch=bad)
+
+
+def test_saving_a_compiled_model_is_refused_with_the_way_to_do_it(tmp_path):
+    import copy as copy_module
+    import pickle
+
+    model = pruned(models.LeNet5)
+    x = torch.randn(2, 1, 28, 28)
+    compiled = sm.compile(model, example_input=x)
+    for save in (lambda: torch.save(compiled, tmp_path / "c.pt"), lambda: pickle.dumps(compiled)):
+        with pytest.raises(TypeError, match=r"cannot be saved .*save the pruned model instead .*sm\.compile"):
+            save()
+    copied = copy_module.deepcopy(compiled)  # copies in one process still work
+    with torch.no_grad():
+        assert rel_err(copied(x), model(x)) <= 1e-5

@@ -136,6 +136,20 @@ class CompiledModel(nn.Module):
             finally:  # the layers set their own thread counts; leave the compile-time one
                 torch.set_num_threads(self._threads)
 
+    def __reduce_ex__(self, protocol):
+        # pickle / torch.save: the C++ programs and the timed choices belong to this process and machine
+        raise TypeError(
+            "a compiled model cannot be saved (torch.save / pickle): its kernels' choices were timed on this "
+            "machine and its C++ programs live in this process; save the pruned model instead "
+            "(sparsemia.io.save_model, or its state_dict with safetensors) and call sm.compile where it runs"
+        )
+
+    def __deepcopy__(self, memo):  # a copy in this process is fine
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
+
     def train(self, mode: bool = True) -> CompiledModel:
         if mode and self._folded:
             raise RuntimeError(
