@@ -49,6 +49,38 @@ def test_matches_conv2d(shape, clamp, dtype):
     torch.testing.assert_close(y, ref, atol=tol[0], rtol=tol[1])
 
 
+# Planes of one channel are stacked over a chunk of images: chunks of several images with a
+# remainder (32x32 maps: three images per chunk), a whole large batch in one chunk (4x4 maps), stride 2
+# with odd sizes, dilation across the images' boundaries, rows of one element.
+CHUNKED = [
+    (5, 3, 32, 32, (3, 3), 1, 1, 1),
+    (5, 3, 32, 31, (3, 3), 2, 1, 1),
+    (33, 8, 4, 4, (3, 3), 1, 1, 1),
+    (32, 6, 8, 8, (3, 3), 2, 1, 1),
+    (7, 4, 9, 10, (3, 3), 2, 1, 1),
+    (6, 5, 7, 6, (3, 3), 1, 2, 2),
+    (9, 3, 5, 1, (3, 1), (2, 1), (1, 0), 1),
+]
+
+
+@pytest.mark.parametrize("shape", CHUNKED, ids=lambda s: "x".join(map(str, s[:4])) + f"s{s[5]}")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunks_of_images_match_conv2d_on_every_isa(isa, shape, threads):
+    B, C, H, W, k, stride, padding, dilation = shape
+    torch.manual_seed(4)
+    w = pruned_depthwise(C, *k, 0.3)
+    w[0] = 0  # a channel pruned away: its bias alone
+    x, bias = torch.randn(B, C, H, W), torch.randn(C)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y = depthwise_conv2d(x, w, bias, stride, padding, dilation, (0.0, 6.0))
+    finally:
+        torch.set_num_threads(previous)
+    ref = torch.clamp(F.conv2d(x, w, bias, stride, padding, dilation, C), 0.0, 6.0)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_edge_cases(threads):
     previous = torch.get_num_threads()

@@ -4,14 +4,17 @@
 // A depth-wise layer does 9 multiply-adds per output (3x3) and is bound by
 // memory, not arithmetic; the general sparse convolution (conv_cpu.cpp) treats
 // each channel as its own tiny group and pays its packing and blocking per
-// plane. Here each (image, channel) plane is handled alone, in L1: its zero-
-// padded, stride-phase-split copy
-//     P[sh][sw][Hq][Wq],   P[py][px][r][q] = x_padded[r * sh + py][q * sw + px]
+// plane. Here the planes of one channel in a chunk of nb images are handled
+// together, in L1: their zero-padded, stride-phase-split copy
+//     P[sh][sw][nb * Hq][Wq],
+//     P[py][px][i * Hq + r][q] = x_padded[image i][r * sh + py][q * sw + px]
 // makes every tap (ky, kx) read at one constant offset from the output
-// position, so the whole output plane is one flat run of Ho * Wq elements
-// (row pitch Wq; the Wq - Wo columns past each row are computed and dropped)
-// of whole vectors, however narrow the rows (4x4 maps). Taps whose weight is
-// zero (pruned) are skipped. The clamp (ReLU: [0, inf], ReLU6: [0, 6], none:
+// position, so the chunk's output is one flat run of whole vectors (row pitch
+// Wq; the Wq - Wo columns past each row and the Hq - Ho rows past each image
+// are computed and dropped), however small the maps: at 4x4 one plane is two
+// vectors, too short to pay for its call, while a chunk of the batch is
+// dozens. nb is as many images as fit in kChunkBytes (32x32 maps: a few).
+// Taps whose weight is zero (pruned) are skipped. The clamp (ReLU: [0, inf], ReLU6: [0, 6], none:
 // [-inf, inf]) is applied before the plane is written, so the activation costs
 // no extra pass over memory.
 #include <ATen/ATen.h>
@@ -36,15 +39,23 @@ constexpr int64_t kMinParallelWork = int64_t(1) << 16;
 
 struct DwGeometry {
   int64_t B, C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo;
-  int64_t Hq, Wq;  // rows and columns of one stride phase of the padded plane
+  int64_t Hq, Wq;  // rows and columns of one stride phase of one image's padded plane
   int64_t phase() const { return Hq * Wq; }
-  int64_t packed() const { return sh * sw * phase(); }
 };
+
+// Bytes of the packed planes of one chunk: a chunk of images stacks as many planes of one channel
+// as fit in them (small maps: the whole batch; 32x32 maps: a few).
+constexpr int64_t kChunkBytes = 16 * 1024;
 
 template <typename T>
 void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeometry& g, T lo, T hi, T* y) {
   const auto kt = kernels_for<T>(active_isa());
   const int64_t taps = g.kh * g.kw;
+  const int64_t image_cells = g.sh * g.sw * g.phase();
+  const int64_t nb = std::max<int64_t>(1, std::min<int64_t>(g.B, kChunkBytes / int64_t(sizeof(T)) / image_cells));
+  const int64_t chunks = (g.B + nb - 1) / nb;
+  // One stride phase of a chunk: the phase's rows of its nb images, one after another.
+  const int64_t phase_cells = nb * g.phase();
   // The kept taps of every channel: offsets into P (the same for every channel) and weights.
   std::vector<int32_t> offset(g.C * taps);
   std::vector<T> w(g.C * taps);
@@ -56,57 +67,78 @@ void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeome
         const T v = weight[(c * g.kh + ky) * g.kw + kx];
         if (v == T(0)) continue;
         const int64_t ry = ky * g.dh, rx = kx * g.dw;
-        offset[c * taps + k] = int32_t((((ry % g.sh) * g.sw + rx % g.sw) * g.Hq + ry / g.sh) * g.Wq + rx / g.sw);
+        offset[c * taps + k] =
+            int32_t(((ry % g.sh) * g.sw + rx % g.sw) * phase_cells + (ry / g.sh) * g.Wq + rx / g.sw);
         w[c * taps + k] = v;
         ++k;
       }
     count[c] = k;
   }
+  // Where input row ih of image 0 starts in P, and for each column phase px the first input
+  // column iw it holds (padded column iw + pw = q * sw + px) and that column's q: computed once,
+  // as the divisions cost more than copying a row of a small map.
+  std::vector<int64_t> row_offset(g.H), first_iw(g.sw), first_q(g.sw);
+  for (int64_t ih = 0; ih < g.H; ++ih) {
+    const int64_t r = ih + g.ph;
+    row_offset[ih] = (r % g.sh) * g.sw * phase_cells + (r / g.sh) * g.Wq;
+  }
+  for (int64_t px = 0; px < g.sw; ++px) {
+    first_iw[px] = ((px - g.pw) % g.sw + g.sw) % g.sw;
+    first_q[px] = (first_iw[px] + g.pw) / g.sw;
+  }
   int64_t kept = 0;
   for (int64_t c = 0; c < g.C; ++c) kept += count[c];
-  const int64_t len = g.Ho * g.Wq;
   // Whole vectors are read past the flat run and written past its end (kernels.h).
   const int64_t slack = g.Wq + 64;
   const int64_t work = (kept + g.C) * g.B * g.Ho * g.Wo;
-  const int64_t planes = g.B * g.C;
+  const int64_t items = g.C * chunks;  // (channel, chunk of images), channel fastest
   const auto body = [&](int64_t begin, int64_t end) {
-    // Padding positions of P are zeroed once and never written: every plane fills the same cells.
-    std::vector<T> packed(g.packed() + slack, T(0));
-    std::vector<T> out(len + 64);
-    for (int64_t p = begin; p < end; ++p) {
-      const int64_t c = p % g.C;
-      const T* src = x + p * g.H * g.W;
-      for (int64_t ih = 0; ih < g.H; ++ih) {
-        const int64_t r = ih + g.ph;
-        T* row = packed.data() + ((r % g.sh) * g.sw * g.Hq + r / g.sh) * g.Wq;
-        const T* s = src + ih * g.W;
-        if (g.sw == 1) {
-          std::memcpy(row + g.pw, s, g.W * sizeof(T));
-          continue;
-        }
-        // padded column iw + pw = q * sw + px: walk each phase px with a running q (no division per element)
-        for (int64_t px = 0; px < g.sw; ++px) {
-          const int64_t iw0 = ((px - g.pw) % g.sw + g.sw) % g.sw;
-          T* dphase = row + px * g.phase();
-          for (int64_t iw = iw0, q = (iw0 + g.pw) / g.sw; iw < g.W; iw += g.sw, ++q) dphase[q] = s[iw];
+    // Padding positions of P are zeroed once and never written: every chunk fills the same cells.
+    std::vector<T> packed(g.sh * g.sw * phase_cells + slack, T(0));
+    std::vector<T> out(nb * g.phase() + 64);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t c = item % g.C, b0 = (item / g.C) * nb, n_img = std::min(nb, g.B - b0);
+      for (int64_t i = 0; i < n_img; ++i) {
+        const T* src = x + ((b0 + i) * g.C + c) * g.H * g.W;
+        T* image = packed.data() + i * g.phase();
+        for (int64_t ih = 0; ih < g.H; ++ih) {
+          T* row = image + row_offset[ih];
+          const T* s = src + ih * g.W;
+          if (g.sw == 1) {
+            T* d = row + g.pw;
+            for (int64_t iw = 0; iw < g.W; ++iw) d[iw] = s[iw];
+            continue;
+          }
+          for (int64_t px = 0; px < g.sw; ++px) {
+            T* dphase = row + px * phase_cells + first_q[px];
+            for (int64_t iw = first_iw[px], q = 0; iw < g.W; iw += g.sw, ++q) dphase[q] = s[iw];
+          }
         }
       }
-      const T b = bias ? bias[c] : T(0);
-      T* dst = y + p * g.Ho * g.Wo;
-      kt.taps_flat(packed.data(), offset.data() + c * taps, w.data() + c * taps, count[c], b, lo, hi, len,
-                   out.data());
-      if (g.Wq == g.Wo) {
-        std::memcpy(dst, out.data(), g.Ho * g.Wo * sizeof(T));
-      } else {
-        for (int64_t oh = 0; oh < g.Ho; ++oh)
-          std::memcpy(dst + oh * g.Wo, out.data() + oh * g.Wq, g.Wo * sizeof(T));
+      // One flat run over the chunk: image i's output row oh is run row i * Hq + oh; the rows
+      // Ho .. Hq - 1 of each image (which read the next image's rows) are computed and dropped.
+      const int64_t len = ((n_img - 1) * g.Hq + g.Ho) * g.Wq;
+      kt.taps_flat(packed.data(), offset.data() + c * taps, w.data() + c * taps, count[c], bias ? bias[c] : T(0),
+                   lo, hi, len, out.data());
+      for (int64_t i = 0; i < n_img; ++i) {
+        T* dst = y + ((b0 + i) * g.C + c) * g.Ho * g.Wo;
+        const T* o = out.data() + i * g.phase();
+        if (g.Wq == g.Wo) {
+          std::memcpy(dst, o, g.Ho * g.Wo * sizeof(T));
+          continue;
+        }
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          const T* so = o + oh * g.Wq;
+          T* d = dst + oh * g.Wo;
+          for (int64_t ow = 0; ow < g.Wo; ++ow) d[ow] = so[ow];
+        }
       }
     }
   };
-  if (work >= kMinParallelWork && at::get_num_threads() > 1 && planes > 1) {
-    at::parallel_for(0, planes, 1, body);
+  if (work >= kMinParallelWork && at::get_num_threads() > 1 && items > 1) {
+    at::parallel_for(0, items, 1, body);
   } else {
-    body(0, planes);
+    body(0, items);
   }
 }
 
@@ -134,7 +166,9 @@ Tensor depthwise_conv2d(const Tensor& x_in, const Tensor& weight_in, const c10::
               ": the padded input (", g.H + 2 * g.ph, "x", g.W + 2 * g.pw, ") is smaller than the dilated kernel");
   g.Hq = (g.H + 2 * g.ph + g.sh - 1) / g.sh;
   g.Wq = (g.W + 2 * g.pw + g.sw - 1) / g.sw;
-  TORCH_CHECK(g.packed() + g.Wq < (int64_t(1) << 31), op, ": one padded plane is too large for 32-bit offsets");
+  // a chunk stacks planes only up to kChunkBytes: one plane decides whether the offsets fit
+  TORCH_CHECK(g.sh * g.sw * g.phase() + g.Wq < (int64_t(1) << 31), op,
+              ": one padded plane is too large for 32-bit offsets");
   const Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
   const Tensor bias = bias_in ? bias_in->contiguous() : Tensor();
   Tensor y = at::empty({g.B, g.C, g.Ho, g.Wo}, x.options());
