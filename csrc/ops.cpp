@@ -47,6 +47,10 @@ TORCH_LIBRARY(sparsemia, m) {
   // none: [-inf, inf]). Returns [B, C, Ho, Wo], like clamp(F.conv2d(...), min, max).
   m.def("depthwise_conv2d(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, int[2] dilation, "
         "float min, float max) -> Tensor");
+  // Inference: depthwise_conv2d(clamp(x, in_min, in_max), ...), the input clamped as it is read
+  // (the activation of the layer before, fused).
+  m.def("depthwise_conv2d_clamp_in(Tensor x, Tensor weight, Tensor? bias, int[2] stride, int[2] padding, "
+        "int[2] dilation, float in_min, float in_max, float min, float max) -> Tensor");
   // d loss / d values at the stored entries, given grad_out [B, Cout, Ho, Wo]. Returns [nnz].
   m.def("csr_conv2d_weight_grad(Tensor x, Tensor grad_out, Tensor crow, Tensor col, int[2] kernel_size, "
         "int[2] stride, int[2] padding, int[2] dilation, int groups) -> Tensor");

@@ -250,6 +250,52 @@ def test_depthwise_and_gemm_candidates_are_exact(candidate, monkeypatch):
             assert rel_err(engine(xs), model(xs)) <= 1e-5
 
 
+class _ExpandTwice(nn.Module):
+    """An expansion whose ReLU6 output only a depth-wise layer reads, and one whose ReLU output a
+    depth-wise layer and an addition both read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(6, 12, 1, bias=False), nn.BatchNorm2d(12), nn.ReLU6())
+        self.dw1 = nn.Sequential(nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12, bias=False), nn.ReLU6())
+        self.expand2 = nn.Conv2d(12, 12, 1)
+        self.dw2 = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+
+    def forward(self, x):
+        y = torch.relu(self.expand2(self.dw1(self.expand(x))))
+        return self.dw2(y) + y
+
+
+def test_an_expansions_activation_is_fused_into_the_depthwise_kernels_input():
+    from sparsemia.nn import compiled as compiled_mod
+
+    torch.manual_seed(0)
+    model = _ExpandTwice().eval()
+    sm.prune.magnitude(model, sparsity=0.5, scope="layer")
+    sm.prune.remove(model)
+    forced = {"expand.0": "sparse", "dw1.0": "depthwise", "expand2": "dense", "dw2": "depthwise"}
+    real = compiled_mod._candidates
+
+    def marked(layer):
+        found = real(layer)
+        found[forced[layer.name]].forced = True
+        return found
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compiled_mod, "_candidates", marked)
+        patch.setattr(compiled_mod, "_best_seconds",
+                      lambda fn, x, n, **_: 0.0 if getattr(fn, "forced", False) else 1.0)
+        x = torch.randn(3, 6, 11, 9)
+        engine = sm.compile(model, example_input=x, programs=False)
+    assert [layer.choice for layer in engine.layers] == list(forced.values())
+    targets = [n.target for n in engine.graph_module.graph.nodes if n.op == "call_function"]
+    assert targets.count(torch.ops.sparsemia.depthwise_conv2d_clamp_in.default) == 1
+    assert torch.ops.aten.hardtanh_.default not in targets
+    with torch.no_grad():
+        for xs in (x, torch.randn(1, 6, 11, 9)):
+            assert rel_err(engine(xs), model(xs)) <= 1e-5
+
+
 class _Residual(nn.Module):
     """Residual additions: a projected shortcut plus a block's last convolution and a ReLU, a 1x1
     convolution plus its input without a ReLU, its input plus a depth-wise one, and an addition that

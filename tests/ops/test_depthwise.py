@@ -150,3 +150,27 @@ def test_bad_arguments_name_the_argument():
         depthwise_conv2d(x.double(), w)
     with pytest.raises(RuntimeError, match="bias"):
         depthwise_conv2d(x, w, torch.randn(3))
+
+
+@pytest.mark.parametrize("shape", [CHUNKED[0], CHUNKED[3], CHUNKED[6], SHAPES[2]],
+                         ids=lambda s: "x".join(map(str, s[:4])) + f"s{s[5]}")
+@pytest.mark.parametrize("in_clamp", [(0.0, 6.0), (0.0, math.inf)], ids=str)
+def test_clamp_in_is_the_clamped_inputs_convolution_on_every_isa(isa, shape, in_clamp):
+    B, C, H, W, k, stride, padding, dilation = shape
+    torch.manual_seed(5)
+    w, bias = pruned_depthwise(C, *k, 0.3), torch.randn(C)
+    x = torch.randn(B, C, H, W) * 4
+    w[0] = torch.rand(k) + 0.5  # every tap kept: what reads the NaN below is NaN, as in F.conv2d
+    x[0, 0, 0, 0] = math.nan  # NaN kept by the input clamp, as by hardtanh
+    y = torch.ops.sparsemia.depthwise_conv2d_clamp_in(x, w, bias, list(_pair(stride)), list(_pair(padding)),
+                                                      list(_pair(dilation)), *in_clamp, 0.0, 6.0)
+    ref = F.conv2d(torch.clamp(x, *in_clamp), w, bias, stride, padding, dilation, C).clamp(0.0, 6.0)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5, equal_nan=True)
+    xt = x.transpose(2, 3).contiguous().transpose(2, 3)  # non-contiguous
+    torch.testing.assert_close(torch.ops.sparsemia.depthwise_conv2d_clamp_in(
+        xt, w, bias, list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), *in_clamp, 0.0, 6.0), y,
+        equal_nan=True)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)

@@ -47,8 +47,19 @@ struct DwGeometry {
 // as fit in them (small maps: the whole batch; 32x32 maps: a few).
 constexpr int64_t kChunkBytes = 16 * 1024;
 
-template <typename T>
-void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeometry& g, T lo, T hi, T* y) {
+// ClampIn: the input is clamped to [in_lo, in_hi] as it is packed (NaN kept), so the activation
+// of the layer before costs no pass of its own (the padding stays zero: what the layer reads as
+// padding is the clamped tensor's).
+template <typename T, bool ClampIn>
+void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeometry& g, T lo, T hi, T in_lo, T in_hi,
+                       T* y) {
+  const auto in = [in_lo, in_hi](T v) {
+    if constexpr (ClampIn) {
+      v = v < in_lo ? in_lo : v;
+      v = v > in_hi ? in_hi : v;
+    }
+    return v;
+  };
   const auto kt = kernels_for<T>(active_isa());
   const int64_t taps = g.kh * g.kw;
   const int64_t image_cells = g.sh * g.sw * g.phase();
@@ -106,12 +117,12 @@ void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeome
           const T* s = src + ih * g.W;
           if (g.sw == 1) {
             T* d = row + g.pw;
-            for (int64_t iw = 0; iw < g.W; ++iw) d[iw] = s[iw];
+            for (int64_t iw = 0; iw < g.W; ++iw) d[iw] = in(s[iw]);
             continue;
           }
           for (int64_t px = 0; px < g.sw; ++px) {
             T* dphase = row + px * phase_cells + first_q[px];
-            for (int64_t iw = first_iw[px], q = 0; iw < g.W; iw += g.sw, ++q) dphase[q] = s[iw];
+            for (int64_t iw = first_iw[px], q = 0; iw < g.W; iw += g.sw, ++q) dphase[q] = in(s[iw]);
           }
         }
       }
@@ -142,10 +153,9 @@ void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeome
   }
 }
 
-Tensor depthwise_conv2d(const Tensor& x_in, const Tensor& weight_in, const c10::optional<Tensor>& bias_in,
-                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double lo,
-                        double hi) {
-  const char* op = "depthwise_conv2d";
+Tensor depthwise_impl(const char* op, const Tensor& x_in, const Tensor& weight_in,
+                      const c10::optional<Tensor>& bias_in, at::IntArrayRef stride, at::IntArrayRef padding,
+                      at::IntArrayRef dilation, double lo, double hi, bool clamp_in, double in_lo, double in_hi) {
   TORCH_CHECK(x_in.dim() == 4, op, ": x must be 4-D [B, C, H, W], got ", x_in.dim(), "-D");
   TORCH_CHECK(weight_in.dim() == 4 && weight_in.size(1) == 1 && weight_in.size(0) == x_in.size(1), op,
               ": weight must have shape [C, 1, kh, kw] with C = x.shape[1] = ", x_in.size(1), ", got ",
@@ -158,6 +168,7 @@ Tensor depthwise_conv2d(const Tensor& x_in, const Tensor& weight_in, const c10::
                   padding[1] >= 0,
               op, ": stride and dilation must be positive and padding non-negative");
   TORCH_CHECK(!(lo > hi), op, ": the clamp's min (", lo, ") must not exceed its max (", hi, ")");
+  TORCH_CHECK(!(in_lo > in_hi), op, ": the input clamp's min (", in_lo, ") must not exceed its max (", in_hi, ")");
   DwGeometry g{x_in.size(0), x_in.size(1), x_in.size(2), x_in.size(3), weight_in.size(2), weight_in.size(3),
                stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], 0, 0, 0, 0};
   g.Ho = (g.H + 2 * g.ph - g.dh * (g.kh - 1) - 1) / g.sh + 1;
@@ -175,14 +186,36 @@ Tensor depthwise_conv2d(const Tensor& x_in, const Tensor& weight_in, const c10::
   if (y.numel() == 0) return y;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "depthwise_conv2d", [&] {
     using T = scalar_t;
-    depthwise_forward<T>(x.data_ptr<T>(), weight.data_ptr<T>(), bias.defined() ? bias.data_ptr<T>() : nullptr, g,
-                         T(lo), T(hi), y.data_ptr<T>());
+    const T* b = bias.defined() ? bias.data_ptr<T>() : nullptr;
+    if (clamp_in) {
+      depthwise_forward<T, true>(x.data_ptr<T>(), weight.data_ptr<T>(), b, g, T(lo), T(hi), T(in_lo), T(in_hi),
+                                 y.data_ptr<T>());
+    } else {
+      depthwise_forward<T, false>(x.data_ptr<T>(), weight.data_ptr<T>(), b, g, T(lo), T(hi), T(0), T(0),
+                                  y.data_ptr<T>());
+    }
   });
   return y;
 }
 
+Tensor depthwise_conv2d(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
+                        at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation, double lo,
+                        double hi) {
+  return depthwise_impl("depthwise_conv2d", x, weight, bias, stride, padding, dilation, lo, hi, false, 0.0, 0.0);
+}
+
+Tensor depthwise_conv2d_clamp_in(const Tensor& x, const Tensor& weight, const c10::optional<Tensor>& bias,
+                                 at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                                 double in_lo, double in_hi, double lo, double hi) {
+  return depthwise_impl("depthwise_conv2d_clamp_in", x, weight, bias, stride, padding, dilation, lo, hi, true, in_lo,
+                        in_hi);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sparsemia, CPU, m) { m.impl("depthwise_conv2d", &depthwise_conv2d); }
+TORCH_LIBRARY_IMPL(sparsemia, CPU, m) {
+  m.impl("depthwise_conv2d", &depthwise_conv2d);
+  m.impl("depthwise_conv2d_clamp_in", &depthwise_conv2d_clamp_in);
+}
 
 }  // namespace sparsemia::cpu::conv

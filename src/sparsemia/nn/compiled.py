@@ -984,6 +984,7 @@ def _compile(model: nn.Module, inputs: tuple, fold_batchnorm: bool, measure: boo
         captured = _layer_inputs(gm, layers, inputs)
     _drop_dead_channels(layers, captured)
     choices = _lower(gm, layers, captured, measure)
+    _fuse_input_clamps(gm)
     gm.graph.eliminate_dead_code()
     unfolded = None
     if any(choice.choice == "zero" for choice in choices):
@@ -1041,6 +1042,48 @@ def _same(got, expected) -> bool:
         return (isinstance(got, list | tuple) and len(got) == len(expected)
                 and all(_same(g, e) for g, e in zip(got, expected, strict=True)))
     return got == expected
+
+
+def _fuse_input_clamps(gm: fx.GraphModule) -> int:
+    """A layer's in-place ReLU / ReLU6 epilogue whose one reader is a depth-wise layer on the
+    depth-wise kernel: the kernel clamps its input as it packs it, and the epilogue's pass over
+    memory is gone (MobileNetV2's expansions, when they run sparse or as a GEMM). The number fused."""
+    ops = torch.ops.sparsemia
+    if not hasattr(ops, "depthwise_conv2d_clamp_in"):
+        return 0
+    depthwise, fused_op = ops.depthwise_conv2d.default, ops.depthwise_conv2d_clamp_in.default
+    fused = 0
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.kwargs:
+            continue
+        if node.target is torch.ops.aten.hardtanh_.default and len(node.args) == 3:
+            in_lo, in_hi = float(node.args[1]), float(node.args[2])
+        elif node.target is torch.relu_ and len(node.args) == 1:
+            in_lo, in_hi = 0.0, math.inf
+        else:
+            continue
+        source = node.args[0]
+        # in place: whoever else reads the source would see it clamped
+        if not isinstance(source, fx.Node) or len(source.users) != 1:
+            continue
+        user = via = _single_user(node)
+        if user is not None and user.op == "call_function" and user.target is _set_threads:
+            user = _single_user(user)
+        else:
+            via = node
+        if (user is None or user.op != "call_function" or user.target is not depthwise or user.kwargs
+                or user.args[0] is not via or len(user.args) != 8):
+            continue
+        x, weight, bias, stride, padding, dilation, lo, hi = user.args
+        with gm.graph.inserting_before(user):
+            clamped = gm.graph.call_function(fused_op, (x, weight, bias, stride, padding, dilation, in_lo, in_hi,
+                                                        lo, hi))
+        user.replace_all_uses_with(clamped)
+        gm.graph.erase_node(user)
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+        fused += 1
+    return fused
 
 
 def _lower(gm: fx.GraphModule, layers: list[_Layer], captured: dict[str, torch.Tensor],

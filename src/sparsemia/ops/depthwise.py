@@ -84,9 +84,7 @@ def depthwise_conv2d(
 def _register() -> None:
     lib = "sparsemia::depthwise_conv2d"
 
-    @torch.library.register_fake(lib)
-    def _(x, weight, bias, stride, padding, dilation, lo, hi):
-        op = "depthwise_conv2d"
+    def _shape(op, x, weight, bias, stride, padding, dilation, lo, hi):
         torch._check(x.dim() == 4, lambda: f"{op}: x must be 4-D [B, C, H, W], got {x.dim()}-D")
         torch._check(weight.dim() == 4 and weight.shape[1] == 1 and weight.shape[0] == x.shape[1],
                      lambda: f"{op}: weight must have shape [C, 1, kh, kw] with C = x.shape[1]")
@@ -98,6 +96,17 @@ def _register() -> None:
         wo = (x.shape[3] + 2 * padding[1] - dilation[1] * (weight.shape[3] - 1) - 1) // stride[1] + 1
         torch._check(ho >= 1 and wo >= 1, lambda: f"{op}: the padded input is smaller than the dilated kernel")
         return x.new_empty(x.shape[0], x.shape[1], ho, wo)
+
+    @torch.library.register_fake(lib)
+    def _(x, weight, bias, stride, padding, dilation, lo, hi):
+        return _shape("depthwise_conv2d", x, weight, bias, stride, padding, dilation, lo, hi)
+
+    if hasattr(torch.ops.sparsemia, "depthwise_conv2d_clamp_in"):  # an extension built before it lacks it
+        @torch.library.register_fake("sparsemia::depthwise_conv2d_clamp_in")
+        def _(x, weight, bias, stride, padding, dilation, in_lo, in_hi, lo, hi):
+            op = "depthwise_conv2d_clamp_in"
+            torch._check(not in_lo > in_hi, lambda: f"{op}: the input clamp's min must not exceed its max")
+            return _shape(op, x, weight, bias, stride, padding, dilation, lo, hi)
 
     def _setup(ctx, inputs, output):
         x, weight, bias, stride, padding, dilation, lo, hi = inputs
