@@ -662,3 +662,20 @@ def test_conv1x1_gemm_matches_conv2d_and_passes_opcheck():
         torch.testing.assert_close(y, F.conv2d(x, w[:, :, None, None], b))
         torch.library.opcheck(torch.ops.sparsemia.conv1x1_gemm.default, (x, w, b))
     assert torch.ops.sparsemia.conv1x1_gemm(x[:1], w, bias).shape == (1, 7, 9, 7)
+
+
+@pytest.mark.parametrize("density", [0.1, 0.3])
+def test_default_layout_choice_on_either_side_of_the_density_rule(isa, conv_tuning, density):
+    # at least 64 stored taps per input channel and kernel column either way: a 10% dense
+    # layer takes the plain layout by default, a 30% dense one the expanded one
+    conv_tuning()
+    w = pruned_kernel(256, 4, 3, 3, 1 - density)
+    x = torch.randn(9, 4, 4, 4)
+    bias = torch.randn(256)
+    ref = F.conv2d(x, w, bias, padding=1)
+    sw = SparseWeight.from_dense(w)
+    with torch.no_grad():
+        y = sparse_conv2d(x, sw, bias, padding=1, backend="cpu")
+        y_pool = sparse_conv2d_relu_pool(x, sw, bias, padding=1, pool=1)
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(y_pool, F.relu(ref), atol=1e-4, rtol=1e-5)

@@ -26,19 +26,19 @@ namespace sparsemia::cpu::conv {
 //                           may read (default 32 KiB, about the L1 data cache)
 //   SPARSEMIA_CONV_ROWS     output rows per band (default 8)
 //   SPARSEMIA_CONV_EXPAND   the expanded packed layout (Packed): 0 never, 1 for
-//                           layers with at least 64 stored taps per input channel
-//                           and kernel column (default), 2 always
+//                           layers at least 15% dense with at least 64 stored taps
+//                           per input channel and kernel column (default), 2 always
 //   SPARSEMIA_CONV_SEGTAPS  least stored taps per output channel and block of
 //                           input channels (fewer blocks when a row has fewer
 //                           taps: each block reloads and stores the tile's partial
-//                           sums; default 32)
+//                           sums; default 16)
 struct Tuning {
   int64_t bt = 0;          // 0: chosen per layer
   double columns = -1;     // < 0: the default rule
   int64_t l1 = int64_t(32) << 10;
   int64_t rows = 8;
   int64_t expand = 1;
-  int64_t segtaps = 32;
+  int64_t segtaps = 16;
 };
 
 // The knobs in effect (a copy: a call plans with one consistent set).
