@@ -71,24 +71,29 @@ void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeome
   std::vector<int32_t> offset(g.C * taps);
   std::vector<T> w(g.C * taps);
   std::vector<int64_t> count(g.C);
+  // each tap's offset, the same for every channel (the divisions once per tap, not per channel and tap)
+  std::vector<int32_t> tap_offset(taps);
+  for (int64_t ky = 0; ky < g.kh; ++ky)
+    for (int64_t kx = 0; kx < g.kw; ++kx) {
+      const int64_t ry = ky * g.dh, rx = kx * g.dw;
+      tap_offset[ky * g.kw + kx] =
+          int32_t(((ry % g.sh) * g.sw + rx % g.sw) * phase_cells + (ry / g.sh) * g.Wq + rx / g.sw);
+    }
   for (int64_t c = 0; c < g.C; ++c) {
     int64_t k = 0;
-    for (int64_t ky = 0; ky < g.kh; ++ky)
-      for (int64_t kx = 0; kx < g.kw; ++kx) {
-        const T v = weight[(c * g.kh + ky) * g.kw + kx];
-        if (v == T(0)) continue;
-        const int64_t ry = ky * g.dh, rx = kx * g.dw;
-        offset[c * taps + k] =
-            int32_t(((ry % g.sh) * g.sw + rx % g.sw) * phase_cells + (ry / g.sh) * g.Wq + rx / g.sw);
-        w[c * taps + k] = v;
-        ++k;
-      }
+    for (int64_t t = 0; t < taps; ++t) {
+      const T v = weight[c * taps + t];
+      if (v == T(0)) continue;
+      offset[c * taps + k] = tap_offset[t];
+      w[c * taps + k] = v;
+      ++k;
+    }
     count[c] = k;
   }
   // Where input row ih of image 0 starts in P, and for each column phase px the first input
   // column iw it holds (padded column iw + pw = q * sw + px) and that column's q: computed once,
   // as the divisions cost more than copying a row of a small map.
-  std::vector<int64_t> row_offset(g.H), first_iw(g.sw), first_q(g.sw);
+  std::vector<int64_t> row_offset(g.H), first_iw(g.sw), first_q(g.sw), phase_columns(g.sw);
   for (int64_t ih = 0; ih < g.H; ++ih) {
     const int64_t r = ih + g.ph;
     row_offset[ih] = (r % g.sh) * g.sw * phase_cells + (r / g.sh) * g.Wq;
@@ -96,6 +101,7 @@ void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeome
   for (int64_t px = 0; px < g.sw; ++px) {
     first_iw[px] = ((px - g.pw) % g.sw + g.sw) % g.sw;
     first_q[px] = (first_iw[px] + g.pw) / g.sw;
+    phase_columns[px] = first_iw[px] < g.W ? (g.W - first_iw[px] + g.sw - 1) / g.sw : 0;
   }
   int64_t kept = 0;
   for (int64_t c = 0; c < g.C; ++c) kept += count[c];
@@ -122,7 +128,12 @@ void depthwise_forward(const T* x, const T* weight, const T* bias, const DwGeome
           }
           for (int64_t px = 0; px < g.sw; ++px) {
             T* dphase = row + px * phase_cells + first_q[px];
-            for (int64_t iw = first_iw[px], q = 0; iw < g.W; iw += g.sw, ++q) dphase[q] = in(s[iw]);
+            const T* sp = s + first_iw[px];
+            if (g.sw == 2) {  // a constant stride: the loop vectorises
+              for (int64_t q = 0; q < phase_columns[px]; ++q) dphase[q] = in(sp[2 * q]);
+            } else {
+              for (int64_t q = 0; q < phase_columns[px]; ++q) dphase[q] = in(sp[q * g.sw]);
+            }
           }
         }
       }
