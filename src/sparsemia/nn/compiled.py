@@ -942,11 +942,17 @@ def _choose_micro_batch(compiled: CompiledModel, inputs: tuple, fixed: int | Non
             return fixed
         runs[None] = lambda: compiled._forward(*inputs)
         times: dict[int | None, list[float]] = {n: [] for n in runs}
-        for _ in range(3):  # interleaved rounds, the median of each
+        start = time.perf_counter()
+        runs[None]()
+        # a cheap forward is repeated within a sample (timer and scheduler noise), an expensive one is not
+        reps = max(1, min(100, int(0.01 / max(time.perf_counter() - start, 1e-7))))
+        rounds = 5 if reps > 1 else 3
+        for _ in range(rounds):  # interleaved rounds, the median of each
             for n, run in runs.items():
                 start = time.perf_counter()
-                run()
-                times[n].append(time.perf_counter() - start)
+                for _ in range(reps):
+                    run()
+                times[n].append((time.perf_counter() - start) / reps)
     best = min(times, key=lambda n: statistics.median(times[n]))
     logger.debug("sparsemia.compile: micro-batch timings %s",
                  {n: round(statistics.median(t) * 1e3, 2) for n, t in times.items()})
